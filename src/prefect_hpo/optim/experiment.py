@@ -1,0 +1,316 @@
+"""The ask/tell experiment: the single source of truth the flow, the CLI and notebooks drive.
+
+It owns the search space, the trials and the suggester, and nothing else: no I/O, no Prefect.
+Its whole state is a JSON document (:meth:`Experiment.to_json`) that restores exactly, down to
+the next suggestion, which is what checkpoints and resume are built on.
+
+Reproducibility without pickled RNG state: every ``ask`` draws from a generator seeded with
+``(seed, ask number)``, so restoring ``seed`` and the ask counter (plus the suggester's own small
+state) restores the random stream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, overload
+
+import numpy as np
+
+from prefect_hpo.errors import (
+    NoCompletedTrialsError,
+    SerializationError,
+    SpecError,
+    TrialError,
+    UnknownTrialError,
+)
+from prefect_hpo.optim.encoding import SpaceEncoder
+from prefect_hpo.optim.space import SearchSpace
+from prefect_hpo.optim.suggesters import Observations, make_suggester
+from prefect_hpo.optim.trials import Trial, TrialStatus, utcnow
+
+__all__ = ["Experiment"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "prefect-hpo/experiment"
+FORMAT_VERSION = 1
+
+Direction = Literal["minimize", "maximize"]
+_SINGLE_OBJECTIVE_ONLY = {"gp", "auto"}
+
+
+class Experiment:
+    """An optimization experiment driven by ``ask()`` and ``tell()``.
+
+    ``parameters`` is an Ax-style list of dicts, an NNI-style dict, or a :class:`SearchSpace`.
+    ``objectives`` maps each objective name to ``"minimize"`` or ``"maximize"``.
+    ``algorithm`` names a registered suggester (``auto``, ``gp``, ``sobol``, ``random``, ``grid``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        parameters: Any,
+        objectives: Mapping[str, str] | None = None,
+        algorithm: str = "auto",
+        seed: int | None = None,
+        parameter_constraints: Sequence[str] | None = None,
+        algorithm_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise SpecError("name: an experiment needs a non-empty name")
+        self.name = name
+        self.space = SearchSpace.parse(parameters, parameter_constraints)
+        self.objectives: dict[str, Direction] = _check_objectives(objectives or {"objective": "minimize"})
+        if len(self.objectives) > 1 and algorithm in _SINGLE_OBJECTIVE_ONLY:
+            raise SpecError(
+                f"algorithm {algorithm!r}: optimizes a single objective, got {list(self.objectives)}; "
+                "use 'sobol' or 'random' for several objectives"
+            )
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise SpecError(f"seed: must be a non-negative int, got {seed!r}")
+        self.seed: int = secrets.randbelow(2**31) if seed is None else seed
+        self.algorithm = algorithm
+        self.algorithm_options: dict[str, Any] = dict(algorithm_options or {})
+        self.encoder = SpaceEncoder(self.space)
+        self.suggester = make_suggester(algorithm, self.encoder, seed=self.seed, options=self.algorithm_options)
+        self._trials: list[Trial] = []
+        self._ask_calls = 0
+
+    def __repr__(self) -> str:
+        counts = {s.value: 0 for s in TrialStatus}
+        for t in self._trials:
+            counts[t.status.value] += 1
+        done = ", ".join(f"{k}={v}" for k, v in counts.items() if v)
+        return f"Experiment(name={self.name!r}, algorithm={self.algorithm!r}, trials={len(self._trials)}{', ' + done if done else ''})"
+
+    # ---- asking ---------------------------------------------------------------------------
+    @overload
+    def ask(self) -> Trial: ...
+    @overload
+    def ask(self, n: int) -> list[Trial]: ...
+
+    def ask(self, n: int | None = None) -> Trial | list[Trial]:
+        """Suggest one trial, or ``n`` trials at once; they stay pending until told.
+
+        Trials already in flight are passed to the suggester as pending points, so asking again
+        before telling gives new, spread-out points (parallel trials).
+        """
+        count = 1 if n is None else n
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise TrialError(f"ask(n): n must be a positive int, got {n!r}")
+        observations = self.observations()
+        rng = np.random.default_rng([self.seed, self._ask_calls])
+        self._ask_calls += 1
+        suggestions = self.suggester.suggest(observations, count, rng)
+        trials = [self._new_trial(self.encoder.decode(s.x), s.suggester) for s in suggestions]
+        return trials[0] if n is None else trials
+
+    def attach_trial(self, params: Mapping[str, Any]) -> Trial:
+        """Add a trial with parameters of your choosing (a known good config, a rerun)."""
+        return self._new_trial(dict(params), "manual")
+
+    def _new_trial(self, params: dict[str, Any], suggester: str) -> Trial:
+        typed = self.space.validate_params(params)
+        trial = Trial(index=len(self._trials), params=typed, suggester=suggester)
+        self._trials.append(trial)
+        return trial
+
+    # ---- telling --------------------------------------------------------------------------
+    def mark_running(self, index: int) -> Trial:
+        """Record that a pending trial has been launched."""
+        trial = self.trial(index)
+        if trial.status is not TrialStatus.PENDING:
+            raise TrialError(f"trial {index}: is {trial.status.value}, only a pending trial can start running")
+        trial.status = TrialStatus.RUNNING
+        trial.started_at = utcnow()
+        return trial
+
+    def tell(
+        self,
+        index: int,
+        values: Mapping[str, float] | float | None = None,
+        *,
+        failed: str | BaseException | None = None,
+    ) -> Trial:
+        """Report a trial's objective values, or that it failed.
+
+        A NaN or infinite value does not raise: the trial is marked failed with that reason and
+        the value never reaches the model (a diverged training run is a result, not a bug).
+        """
+        trial = self.trial(index)
+        if trial.status.is_terminal:
+            raise TrialError(f"trial {index}: already {trial.status.value}; a trial is told only once")
+        if failed is not None:
+            if values is not None:
+                raise TrialError(f"trial {index}: pass either values or failed, not both")
+            reason = failed if isinstance(failed, str) else f"{type(failed).__name__}: {failed}"
+            return self._finish(trial, TrialStatus.FAILED, reason=reason or "failed")
+        if values is None:
+            raise TrialError(f"trial {index}: tell() needs values (one per objective) or failed=reason")
+        checked = self._check_values(index, values)
+        bad = [k for k, v in checked.items() if not math.isfinite(v)]
+        if bad:
+            reason = "; ".join(f"objective {k!r} is {checked[k]}" for k in bad)
+            logger.warning("trial %d: marked failed: %s", index, reason)
+            return self._finish(trial, TrialStatus.FAILED, reason=reason)
+        trial.values = checked
+        return self._finish(trial, TrialStatus.COMPLETED)
+
+    def abandon(self, index: int, reason: str | None = None) -> Trial:
+        """Give up on an in-flight trial (it will never report); it stops counting as pending."""
+        trial = self.trial(index)
+        if trial.status.is_terminal:
+            raise TrialError(f"trial {index}: already {trial.status.value}; only an in-flight trial can be abandoned")
+        return self._finish(trial, TrialStatus.ABANDONED, reason=reason or "abandoned")
+
+    def _finish(self, trial: Trial, status: TrialStatus, reason: str | None = None) -> Trial:
+        trial.status = status
+        trial.failure_reason = reason
+        trial.finished_at = utcnow()
+        return trial
+
+    def _check_values(self, index: int, values: Mapping[str, float] | float) -> dict[str, float]:
+        if not isinstance(values, Mapping):
+            if len(self.objectives) != 1:
+                raise TrialError(f"trial {index}: give a dict with a value for each of {list(self.objectives)}")
+            values = {next(iter(self.objectives)): values}
+        missing = [k for k in self.objectives if k not in values]
+        extra = [k for k in values if k not in self.objectives]
+        if missing or extra:
+            raise TrialError(
+                f"trial {index}: values must name exactly the objectives {list(self.objectives)}"
+                f"{f'; missing {missing}' if missing else ''}{f'; unknown {extra}' if extra else ''}"
+            )
+        out = {}
+        for k, v in values.items():
+            if isinstance(v, bool):
+                raise TrialError(f"trial {index}: objective {k!r} must be a number, got {v!r}")
+            try:
+                out[k] = float(v)
+            except (TypeError, ValueError):
+                raise TrialError(f"trial {index}: objective {k!r} must be a number, got {v!r}") from None
+        return out
+
+    # ---- reading --------------------------------------------------------------------------
+    @property
+    def trials(self) -> tuple[Trial, ...]:
+        return tuple(self._trials)
+
+    def trial(self, index: int) -> Trial:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(self._trials):
+            raise UnknownTrialError(f"trial {index!r}: no such trial (this experiment has {len(self._trials)})")
+        return self._trials[int(index)]
+
+    @property
+    def is_multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def best_trial(self) -> Trial:
+        """The completed trial with the best objective value (earliest wins a tie)."""
+        if self.is_multi_objective:
+            raise SpecError(
+                f"experiment {self.name!r}: has {len(self.objectives)} objectives, so no single best trial; "
+                "compare the completed trials' values (a Pareto front is needed)"
+            )
+        done = [t for t in self._trials if t.status is TrialStatus.COMPLETED]
+        if not done:
+            raise NoCompletedTrialsError(f"experiment {self.name!r}: no completed trial yet")
+        (objective, direction), = self.objectives.items()
+        sign = 1.0 if direction == "minimize" else -1.0
+        return min(done, key=lambda t: (sign * t.values[objective], t.index))  # type: ignore[index]
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One flat dict per trial (index, status, params, values, reason): print or tabulate it."""
+        return [t.summary() for t in self._trials]
+
+    def observations(self) -> Observations:
+        """The read-only view that suggesters see."""
+        by_status: dict[str, list[Trial]] = {"done": [], "flight": [], "failed": []}
+        for t in self._trials:
+            key = "done" if t.status is TrialStatus.COMPLETED else "flight" if t.status.in_flight else "failed"
+            by_status[key].append(t)
+        done = by_status["done"]
+        signs = np.array([1.0 if d == "maximize" else -1.0 for d in self.objectives.values()])
+        Y = np.array([[t.values[k] for k in self.objectives] for t in done], dtype=np.float64)  # type: ignore[index]
+        return Observations(
+            encoder=self.encoder,
+            X=self.encoder.encode_many([t.params for t in done]),
+            Y=(Y * signs) if len(done) else np.zeros((0, len(self.objectives))),
+            X_pending=self.encoder.encode_many([t.params for t in by_status["flight"]]),
+            X_failed=self.encoder.encode_many([t.params for t in by_status["failed"]]),
+            n_trials=len(self._trials),
+            objectives=tuple(self.objectives),
+        )
+
+    # ---- persistence ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "name": self.name,
+            "parameters": self.space.to_list(),
+            "parameter_constraints": [c.expression for c in self.space.constraints],
+            "objectives": dict(self.objectives),
+            "algorithm": self.algorithm,
+            "algorithm_options": self.algorithm_options,
+            "seed": self.seed,
+            "ask_calls": self._ask_calls,
+            "suggester_state": self.suggester.state_dict(),
+            "trials": [t.to_dict() for t in self._trials],
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Experiment:
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+            raise SerializationError(f"not a prefect-hpo experiment document (format {data.get('format') if isinstance(data, Mapping) else None!r})")
+        if data.get("version") != FORMAT_VERSION:
+            raise SerializationError(f"experiment document version {data.get('version')!r}: this prefect-hpo reads version {FORMAT_VERSION}")
+        try:
+            exp = cls(
+                name=data["name"],
+                parameters=data["parameters"],
+                objectives=data["objectives"],
+                algorithm=data["algorithm"],
+                seed=data["seed"],
+                parameter_constraints=data.get("parameter_constraints") or None,
+                algorithm_options=data.get("algorithm_options") or None,
+            )
+            exp._trials = [Trial.from_dict(t) for t in data["trials"]]
+            exp._ask_calls = int(data["ask_calls"])
+            exp.suggester.load_state_dict(data.get("suggester_state") or {})
+        except KeyError as exc:
+            raise SerializationError(f"experiment document: missing field {exc.args[0]!r}") from None
+        for i, t in enumerate(exp._trials):
+            if t.index != i:
+                raise SerializationError(f"experiment document: trial at position {i} has index {t.index}")
+        return exp
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Experiment:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SerializationError(f"experiment document: not valid JSON ({exc})") from None
+        return cls.from_dict(data)
+
+
+def _check_objectives(objectives: Mapping[str, str]) -> dict[str, Direction]:
+    if not isinstance(objectives, Mapping) or not objectives:
+        raise SpecError("objectives: give at least one, as {name: 'minimize' | 'maximize'}")
+    out: dict[str, Direction] = {}
+    for name, direction in objectives.items():
+        if not isinstance(name, str) or not name:
+            raise SpecError(f"objectives: names must be non-empty strings, got {name!r}")
+        if direction not in ("minimize", "maximize"):
+            raise SpecError(f"objectives: {name!r} must be 'minimize' or 'maximize', got {direction!r}")
+        out[name] = direction  # type: ignore[assignment]
+    return out

@@ -1,0 +1,363 @@
+"""Search spaces: typed parameters, linear constraints, and the two accepted input styles.
+
+Users write spaces in the Ax style (a list of dicts) or the NNI style (a dict of
+``{"_type": ..., "_value": ...}``), in Python or in a YAML/JSON file. Both are turned into the same
+validated pydantic models here, and every mistake is reported as a :class:`SearchSpaceError` that
+names the parameter and the problem, because a bad space found an hour into a GPU sweep is the
+most expensive kind of typo.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from prefect_hpo.errors import SearchSpaceError
+from prefect_hpo.optim.constraints import LinearConstraint, parse_constraint
+
+__all__ = [
+    "ChoiceParameter",
+    "FixedParameter",
+    "Parameter",
+    "RangeParameter",
+    "SearchSpace",
+    "Value",
+]
+
+Value = Union[bool, int, float, str]
+
+
+class _ParameterBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+
+
+class RangeParameter(_ParameterBase):
+    """A float or int interval, optionally log-scaled and optionally quantized by ``step``.
+
+    ``step`` follows NNI's ``quniform`` rule: a value is ``clip(round(x / step) * step, lo, hi)``.
+    """
+
+    type: Literal["range"] = "range"
+    bounds: tuple[float, float]
+    value_type: Literal["float", "int"] = "float"
+    log_scale: bool = False
+    step: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> RangeParameter:
+        lo, hi = self.bounds
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"bounds {list(self.bounds)} must be finite numbers")
+        if lo > hi:
+            raise ValueError(f"bounds {list(self.bounds)} are reversed: the lower bound must come first")
+        if lo == hi:
+            raise ValueError(f"bounds {list(self.bounds)} are equal: use a fixed parameter for a constant")
+        if self.log_scale and lo <= 0:
+            raise ValueError(f"log scale needs positive bounds, got {list(self.bounds)}")
+        if self.value_type == "int" and (lo != int(lo) or hi != int(hi)):
+            raise ValueError(f"an int parameter needs whole-number bounds, got {list(self.bounds)}")
+        if self.step is not None and not (math.isfinite(self.step) and 0 < self.step <= hi - lo):
+            raise ValueError(f"step {self.step} must be positive and no larger than the range {hi - lo}")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        return self.value_type == "int"
+
+    def cast(self, value: float) -> Value:
+        """Snap a raw number onto the parameter's grid (int, step) and clip it to the bounds."""
+        lo, hi = self.bounds
+        if self.step is not None:
+            value = round(value / self.step) * self.step
+        value = min(max(value, lo), hi)
+        return int(round(value)) if self.is_int else float(value)
+
+    def contains(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.is_int and value != int(value):
+            return False
+        lo, hi = self.bounds
+        return math.isfinite(value) and lo <= value <= hi
+
+
+class ChoiceParameter(_ParameterBase):
+    """A finite set of values; unordered (categorical) unless ``is_ordered`` makes it ordinal."""
+
+    type: Literal["choice"] = "choice"
+    values: list[Value]
+    is_ordered: bool = False
+    value_type: Literal["int", "float", "str", "bool"] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ChoiceParameter:
+        if len(self.values) == 0:
+            raise ValueError("values is empty: a choice needs at least two values")
+        if len(self.values) == 1:
+            raise ValueError(f"values {self.values} has one entry: use a fixed parameter for a constant")
+        seen: set[tuple[str, Value]] = set()
+        for v in self.values:
+            key = (type(v).__name__, v)
+            if key in seen:
+                raise ValueError(f"value {v!r} appears twice in values {self.values}")
+            seen.add(key)
+        return self
+
+    def contains(self, value: Any) -> bool:
+        return any(type(value) is type(v) and value == v for v in self.values) or (
+            # JSON and YAML turn 1.0 into 1 and back; accept a numerically equal number.
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and any(isinstance(v, (int, float)) and not isinstance(v, bool) and v == value for v in self.values)
+        )
+
+    def index(self, value: Value) -> int:
+        for i, v in enumerate(self.values):
+            if type(value) is type(v) and value == v:
+                return i
+        for i, v in enumerate(self.values):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == value:
+                return i
+        raise SearchSpaceError(f"parameter {self.name!r}: {value!r} is not one of {self.values}")
+
+
+class FixedParameter(_ParameterBase):
+    """A constant that is passed to every trial but never searched."""
+
+    type: Literal["fixed"] = "fixed"
+    value: Value
+    value_type: Literal["int", "float", "str", "bool"] | None = None
+
+    def contains(self, value: Any) -> bool:
+        return value == self.value
+
+
+Parameter = Annotated[Union[RangeParameter, ChoiceParameter, FixedParameter], Field(discriminator="type")]
+
+_PARAMETER_CLASSES: dict[str, type[_ParameterBase]] = {
+    "range": RangeParameter,
+    "choice": ChoiceParameter,
+    "fixed": FixedParameter,
+}
+
+_NNI_TYPES = ("choice", "randint", "uniform", "quniform", "loguniform", "qloguniform")
+
+
+class SearchSpace(BaseModel):
+    """An ordered list of parameters plus linear constraints over the numeric ones."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    parameters: tuple[Parameter, ...]
+    constraints: tuple[LinearConstraint, ...] = ()
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def parse(
+        cls,
+        parameters: SearchSpace | Sequence[Mapping[str, Any] | _ParameterBase] | Mapping[str, Any],
+        constraints: Sequence[str] | None = None,
+    ) -> SearchSpace:
+        """Build a space from the Ax style (list of dicts) or the NNI style (dict of ``_type``)."""
+        if isinstance(parameters, SearchSpace):
+            if constraints:
+                return cls._build(list(parameters.parameters), list(constraints))
+            return parameters
+        if isinstance(parameters, Mapping):
+            if "parameters" in parameters:  # a file holding {"parameters": ..., "parameter_constraints": ...}
+                extra = set(parameters) - {"parameters", "parameter_constraints"}
+                if extra:
+                    raise SearchSpaceError(f"search space: unknown key(s) {sorted(extra)}")
+                inner_constraints = list(parameters.get("parameter_constraints") or [])
+                return cls.parse(parameters["parameters"], inner_constraints + list(constraints or []))
+            return cls._build(_from_nni(parameters), list(constraints or []))
+        if isinstance(parameters, (str, bytes)) or not isinstance(parameters, Sequence):
+            raise SearchSpaceError(
+                "search space: expected a list of parameter dicts (Ax style) or a dict of "
+                f"{{'_type', '_value'}} entries (NNI style), got {type(parameters).__name__}"
+            )
+        return cls._build([_parameter_from_dict(p, i) for i, p in enumerate(parameters)], list(constraints or []))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SearchSpace:
+        """Read a space from a YAML or JSON file in either style."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise SearchSpaceError(f"search space file {str(path)!r}: cannot be read ({exc.strerror})") from exc
+        try:
+            data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise SearchSpaceError(f"search space file {str(path)!r}: not valid {path.suffix or 'YAML'} ({exc})") from exc
+        return cls.parse(data)
+
+    @classmethod
+    def _build(cls, params: list[_ParameterBase], constraints: list[str]) -> SearchSpace:
+        if not params:
+            raise SearchSpaceError("search space: has no parameters")
+        names: set[str] = set()
+        for p in params:
+            if p.name in names:
+                raise SearchSpaceError(f"parameter {p.name!r}: the name is used twice")
+            names.add(p.name)
+        if all(isinstance(p, FixedParameter) for p in params):
+            raise SearchSpaceError("search space: every parameter is fixed; there is nothing to search")
+        by_name = {p.name: p for p in params}
+        parsed = tuple(_check_constraint(parse_constraint(c) if isinstance(c, str) else c, by_name) for c in constraints)
+        return cls(parameters=tuple(params), constraints=parsed)
+
+    # ---- queries --------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.parameters]
+
+    def __getitem__(self, name: str) -> RangeParameter | ChoiceParameter | FixedParameter:
+        for p in self.parameters:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Value]:
+        """Check a full assignment (all names, values in the space, constraints hold); return it typed."""
+        missing = [n for n in self.names if n not in params]
+        extra = [n for n in params if n not in self.names]
+        if missing or extra:
+            raise SearchSpaceError(f"parameters: missing {missing}, unknown {extra}")
+        typed: dict[str, Value] = {}
+        for p in self.parameters:
+            value = params[p.name]
+            if not p.contains(value):
+                raise SearchSpaceError(f"parameter {p.name!r}: {value!r} is outside the space ({_describe(p)})")
+            typed[p.name] = int(value) if isinstance(p, RangeParameter) and p.is_int else value
+        for c in self.constraints:
+            if c.slack(typed) < -1e-9 * (1 + abs(c.bound)):
+                raise SearchSpaceError(f"parameters {typed}: violate the constraint {c.expression!r}")
+        return typed
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """The canonical Ax-style description, with defaults left out (the JSON checkpoint form)."""
+        return [p.model_dump(exclude_defaults=True) | {"type": p.type} for p in self.parameters]
+
+
+def _describe(p: _ParameterBase) -> str:
+    if isinstance(p, RangeParameter):
+        kind = f"{p.value_type}{' log' if p.log_scale else ''}"
+        return f"{kind} range {list(p.bounds)}"
+    if isinstance(p, ChoiceParameter):
+        return f"one of {p.values}"
+    assert isinstance(p, FixedParameter)
+    return f"fixed at {p.value!r}"
+
+
+def _parameter_from_dict(raw: Mapping[str, Any] | _ParameterBase, position: int) -> _ParameterBase:
+    if isinstance(raw, _ParameterBase):
+        return raw
+    if not isinstance(raw, Mapping):
+        raise SearchSpaceError(f"parameter #{position}: expected a dict, got {type(raw).__name__}")
+    name = raw.get("name")
+    label = f"parameter {name!r}" if isinstance(name, str) and name else f"parameter #{position}"
+    if not isinstance(name, str) or not name:
+        raise SearchSpaceError(f"{label}: needs a non-empty string 'name'")
+    kind = raw.get("type")
+    if kind not in _PARAMETER_CLASSES:
+        raise SearchSpaceError(f"{label}: unknown type {kind!r} (expected one of {sorted(_PARAMETER_CLASSES)})")
+    data = dict(raw)
+    if kind == "range" and "value_type" not in data and "bounds" in data:
+        bounds = data["bounds"]
+        if isinstance(bounds, (list, tuple)) and bounds and all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
+            # Ax infers int from int bounds; so do we, unless a step makes the grid fractional.
+            step = data.get("step")
+            if step is None or float(step).is_integer():
+                data["value_type"] = "int"
+    return _validated(_PARAMETER_CLASSES[kind], data, label)
+
+
+def _validated(model: type[_ParameterBase], data: Mapping[str, Any], label: str) -> _ParameterBase:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise SearchSpaceError(f"{label}: {_explain(exc, model)}") from None
+
+
+def _explain(exc: ValidationError, model: type[BaseModel]) -> str:
+    """Turn pydantic's report into one line a user can act on."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = sorted(model.model_fields)
+            parts.append(f"unknown key {where!r} (allowed: {', '.join(allowed)})")
+        elif err["type"] == "value_error":
+            parts.append(str(err["msg"]).removeprefix("Value error, "))
+        elif err["type"] == "missing":
+            parts.append(f"missing required key {where!r}")
+        else:
+            parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})" if where else err["msg"])
+    return "; ".join(parts)
+
+
+def _check_constraint(c: LinearConstraint, by_name: Mapping[str, _ParameterBase]) -> LinearConstraint:
+    for name in c.coefficients:
+        p = by_name.get(name)
+        if p is None:
+            raise SearchSpaceError(f"constraint {c.expression!r}: names unknown parameter {name!r}")
+        if not isinstance(p, RangeParameter):
+            raise SearchSpaceError(
+                f"constraint {c.expression!r}: parameter {name!r} is a {p.type} parameter; "
+                "constraints may only name numeric range parameters"
+            )
+        if p.log_scale:
+            raise SearchSpaceError(
+                f"constraint {c.expression!r}: parameter {name!r} is log-scaled; a linear constraint on it "
+                "is not linear in the space the optimizer searches, so it is not supported"
+            )
+    return c
+
+
+def _from_nni(space: Mapping[str, Any]) -> list[_ParameterBase]:
+    """Translate NNI's ``{"name": {"_type": ..., "_value": [...]}}`` into parameters."""
+    params: list[_ParameterBase] = []
+    for name, spec in space.items():
+        label = f"parameter {name!r}"
+        if not isinstance(spec, Mapping):
+            raise SearchSpaceError(f"{label}: expected a dict with '_type' and '_value', got {spec!r}")
+        unknown = set(spec) - {"_type", "_value"}
+        if unknown:
+            raise SearchSpaceError(f"{label}: unknown key(s) {sorted(unknown)} (allowed: _type, _value)")
+        kind, value = spec.get("_type"), spec.get("_value")
+        if kind not in _NNI_TYPES:
+            raise SearchSpaceError(f"{label}: unknown _type {kind!r} (supported: {', '.join(_NNI_TYPES)})")
+        if not isinstance(value, (list, tuple)):
+            raise SearchSpaceError(f"{label}: _value must be a list, got {value!r}")
+        params.append(_nni_parameter(str(name), kind, list(value), label))
+    return params
+
+
+def _nni_parameter(name: str, kind: str, value: list[Any], label: str) -> _ParameterBase:
+    if kind == "choice":
+        if any(isinstance(v, (Mapping, list)) for v in value):
+            raise SearchSpaceError(f"{label}: nested (conditional) choices are not supported")
+        return _validated(ChoiceParameter, {"name": name, "values": value}, label)
+    expected = 3 if kind.startswith("q") else 2
+    if len(value) != expected or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        shape = "[low, high, q]" if expected == 3 else "[low, high]"
+        raise SearchSpaceError(f"{label}: _type {kind!r} needs _value {shape} of numbers, got {value}")
+    data: dict[str, Any] = {"name": name, "bounds": (value[0], value[1])}
+    if kind == "randint":  # NNI: upper bound exclusive
+        data.update(bounds=(value[0], value[1] - 1), value_type="int")
+    if kind in ("loguniform", "qloguniform"):
+        data["log_scale"] = True
+    if expected == 3:
+        data["step"] = value[2]
+        if all(float(v).is_integer() for v in value):
+            data["value_type"] = "int"
+    return _validated(RangeParameter, data, label)

@@ -1,0 +1,113 @@
+"""The suggester interface: a new algorithm is one small class.
+
+Like Optuna's samplers, a suggester sees an immutable snapshot of the experiment (completed points
+and their objective values, in-flight points, failed points) in the numeric model space of
+:mod:`prefect_hpo.optim.encoding`, and returns new points. It never sees storage, Prefect or the
+launcher, and it owns no random state of its own: the experiment hands it a generator derived
+from ``(seed, ask number)``, which is what makes a restored experiment suggest exactly what the
+saved one would have. A suggester that keeps state between calls (warm-started GP
+hyperparameters, a Sobol position) exposes it through ``state_dict``/``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from prefect_hpo.errors import SearchSpaceError
+from prefect_hpo.optim.encoding import SpaceEncoder
+
+__all__ = ["Observations", "Suggester", "Suggestion", "sample_feasible"]
+
+
+@dataclass(frozen=True)
+class Observations:
+    """What a suggester may know about the experiment, as read-only arrays.
+
+    ``Y`` is oriented so that larger is better for every objective (minimized objectives are
+    negated), so no suggester has to care about directions.
+    """
+
+    encoder: SpaceEncoder
+    X: np.ndarray  # (n_completed, d)
+    Y: np.ndarray  # (n_completed, n_objectives), larger is better
+    X_pending: np.ndarray  # (n_in_flight, d): pending and running trials
+    X_failed: np.ndarray  # (n_failed, d): failed and abandoned trials
+    n_trials: int  # every trial created so far, whatever its status
+    objectives: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for arr in (self.X, self.Y, self.X_pending, self.X_failed):
+            arr.setflags(write=False)
+
+    @property
+    def X_seen(self) -> np.ndarray:
+        """Every point already handed out (completed, in flight or failed)."""
+        return np.concatenate([self.X, self.X_pending, self.X_failed], axis=0)
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """A model-space point and the name of the algorithm that actually produced it."""
+
+    x: np.ndarray
+    suggester: str
+
+
+class Suggester(ABC):
+    """Base class of every algorithm; subclasses set ``name`` and implement ``suggest``."""
+
+    name: ClassVar[str]
+
+    def __init__(self, encoder: SpaceEncoder, *, seed: int) -> None:
+        self.encoder = encoder
+        self.seed = seed
+
+    @abstractmethod
+    def suggest(self, observations: Observations, n: int, rng: np.random.Generator) -> list[Suggestion]:
+        """Return ``n`` new points that are valid in the model space and satisfy the constraints."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready state that must survive a checkpoint (empty for stateless algorithms)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    def _label(self, X: np.ndarray) -> list[Suggestion]:
+        return [Suggestion(x=row, suggester=self.name) for row in X]
+
+
+def sample_feasible(
+    encoder: SpaceEncoder,
+    draw_uniform: Callable[[int], np.ndarray],
+    n: int,
+    max_draws: int = 100_000,
+) -> np.ndarray:
+    """Draw from ``[0,1)^d``, map into the space and keep points that satisfy the constraints.
+
+    Rejection sampling keeps the distribution uniform on the feasible region; if the region is so
+    small that ``max_draws`` points give fewer than ``n`` hits the constraints are almost
+    certainly contradictory, which is worth an error rather than an endless loop.
+    """
+    kept: list[np.ndarray] = []
+    found, drawn = 0, 0
+    batch = max(n, 16)
+    while found < n:
+        if drawn >= max_draws:
+            exprs = [c.expression for c in encoder.space.constraints]
+            raise SearchSpaceError(
+                f"constraints {exprs}: only {found} of {drawn} sampled points were feasible; "
+                "check that the constraints can be satisfied inside the bounds"
+            )
+        X = encoder.from_uniform(draw_uniform(batch))
+        drawn += batch
+        X = X[encoder.feasible(X)]
+        kept.append(X)
+        found += len(X)
+        batch = min(batch * 2, 4096)
+    return np.concatenate(kept, axis=0)[:n]
