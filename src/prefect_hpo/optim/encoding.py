@@ -234,6 +234,8 @@ def _normalize(p: RangeParameter, v: float) -> float:
 
 
 def _unnormalize(p: RangeParameter, z: float) -> float:
+    if z <= 0.0 or z >= 1.0:  # the exact bound, not exp(log(bound)) one ulp away from it
+        return p.bounds[0] if z <= 0.0 else p.bounds[1]
     lo, hi = (_transform(p, b) for b in p.bounds)
     t = lo + min(max(z, 0.0), 1.0) * (hi - lo)
     return math.exp(t) if p.log_scale else t

@@ -75,6 +75,8 @@ class Experiment:
             raise SpecError(f"seed: must be a non-negative int, got {seed!r}")
         self.seed: int = secrets.randbelow(2**31) if seed is None else seed
         self.algorithm = algorithm
+        if algorithm_options is not None and not isinstance(algorithm_options, Mapping):
+            raise SpecError(f"algorithm_options: expected a dict of options, got {algorithm_options!r}")
         self.algorithm_options: dict[str, Any] = dict(algorithm_options or {})
         self.encoder = SpaceEncoder(self.space)
         self.suggester = make_suggester(algorithm, self.encoder, seed=self.seed, options=self.algorithm_options)
@@ -107,7 +109,11 @@ class Experiment:
         rng = np.random.default_rng([self.seed, self._ask_calls])
         self._ask_calls += 1
         suggestions = self.suggester.suggest(observations, count, rng)
-        trials = [self._new_trial(self.encoder.decode(s.x), s.suggester) for s in suggestions]
+        if len(suggestions) != count:
+            raise SpecError(f"algorithm {self.algorithm!r}: returned {len(suggestions)} point(s) when asked for {count}")
+        # validate the whole batch before recording any of it: a bad point leaves no orphan trials
+        checked = [(self.space.validate_params(self.encoder.decode(s.x)), s.suggester) for s in suggestions]
+        trials = [self._new_trial(params, suggester) for params, suggester in checked]
         return trials[0] if n is None else trials
 
     def attach_trial(self, params: Mapping[str, Any]) -> Trial:
@@ -148,7 +154,12 @@ class Experiment:
         if failed is not None:
             if values is not None:
                 raise TrialError(f"trial {index}: pass either values or failed, not both")
-            reason = failed if isinstance(failed, str) else f"{type(failed).__name__}: {failed}"
+            if isinstance(failed, BaseException):
+                reason = f"{type(failed).__name__}: {failed}" if str(failed) else type(failed).__name__
+            elif isinstance(failed, str):
+                reason = failed
+            else:
+                raise TrialError(f"trial {index}: failed must be a reason (str) or an exception, got {failed!r}")
             return self._finish(trial, TrialStatus.FAILED, reason=reason or "failed")
         if values is None:
             raise TrialError(f"trial {index}: tell() needs values (one per objective) or failed=reason")
@@ -188,7 +199,7 @@ class Experiment:
             )
         out = {}
         for k, v in values.items():
-            if isinstance(v, bool):
+            if isinstance(v, (bool, str, bytes)):  # "1.5" is a parsing bug upstream, not a number
                 raise TrialError(f"trial {index}: objective {k!r} must be a number, got {v!r}")
             try:
                 out[k] = float(v)
@@ -289,6 +300,8 @@ class Experiment:
             exp.suggester.load_state_dict(data.get("suggester_state") or {})
         except KeyError as exc:
             raise SerializationError(f"experiment document: missing field {exc.args[0]!r}") from None
+        except (TypeError, ValueError, AttributeError) as exc:  # a bad status, timestamp, space...
+            raise SerializationError(f"experiment document: invalid content ({type(exc).__name__}: {exc})") from exc
         for i, t in enumerate(exp._trials):
             if t.index != i:
                 raise SerializationError(f"experiment document: trial at position {i} has index {t.index}")

@@ -18,71 +18,93 @@ from typing import Any
 
 import torch
 from botorch.fit import fit_gpytorch_mll
-from botorch.models import MixedSingleTaskGP, SingleTaskGP
+from botorch.models import SingleTaskGP
+from botorch.models.kernels.categorical import CategoricalKernel
 from botorch.models.transforms.outcome import Standardize
 from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
 from gpytorch.constraints import GreaterThan
-from gpytorch.kernels import MaternKernel, ScaleKernel
+from gpytorch.kernels import Kernel, MaternKernel, ScaleKernel
 from gpytorch.likelihoods import GaussianLikelihood
 from gpytorch.mlls import ExactMarginalLogLikelihood
-from gpytorch.priors import GammaPrior, LogNormalPrior
+from gpytorch.priors import GammaPrior
 
+from prefect_hpo.errors import SpecError
 from prefect_hpo.optim.encoding import SpaceEncoder
 
 __all__ = ["SurrogateFitter"]
 
 
 class SurrogateFitter:
-    """Builds the right GP for the space and fits it, reusing the last fit's hyperparameters."""
+    """Builds the right GP for the space and fits it, reusing the last fit's hyperparameters.
+
+    ``kernel="matern"`` (default): Matern-5/2 with one lengthscale per dimension, a learned output
+    scale, a Gamma(2, 2) prior on lengthscales (mean 1 in the unit cube, mode 0.5) and a weak
+    Gamma(1.1, 0.05) prior on the noise with a 1e-6 floor. The lengthscale prior keeps every
+    dimension in play at the small budgets HPO runs at; measured here, it escaped Hartmann6's local
+    optimum far more often than BoTorch's dimension-scaled prior, which lets lengthscales grow
+    until a dimension is ignored. The low noise floor lets a deterministic objective be
+    refined to the 1e-4 level while the noise is still learned when the objective is noisy.
+    ``kernel="dim_scaled"``: BoTorch's default (RBF with the dimension-scaled LogNormal prior of
+    Hvarfner et al. 2024), the better choice when many dimensions are irrelevant.
+    """
+
+    KERNELS = ("matern", "dim_scaled")
 
     def __init__(
         self,
         encoder: SpaceEncoder,
         *,
+        kernel: str = "matern",
+        noise_floor: float = 1e-6,
+        warm_start: bool = True,
         refit_every: int = 5,
         maxiter: int = 200,
-        kernel: str = "rbf",
-        noise_floor: float = 1e-6,
-        noise_prior: str = "gamma",
-        warm_start: bool = True,
-        lengthscale_prior: tuple[str, float, float] = ("gamma", 3.0, 6.0),
-        outputscale_prior: tuple[float, float] = (2.0, 0.15),
     ) -> None:
-        self.lengthscale_prior = lengthscale_prior
-        self.outputscale_prior = outputscale_prior
-        self.warm_start = warm_start
+        if kernel not in self.KERNELS:
+            raise SpecError(f"algorithm_options.kernel: {kernel!r} is not one of {list(self.KERNELS)}")
+        if not noise_floor > 0:
+            raise SpecError(f"algorithm_options.noise_floor: must be positive, got {noise_floor!r}")
         self.dim = encoder.dim
+        self.cat_dims = sorted(encoder.categorical_dims)
         self.kernel = kernel
         self.noise_floor = noise_floor
-        self.noise_prior = noise_prior
-        self.cat_dims = sorted(encoder.categorical_dims)
-        self.kind = "mixed" if self.cat_dims else "single"
-        self.refit_every = refit_every
+        self.warm_start = warm_start
+        self.refit_every = max(1, refit_every)
         self.maxiter = maxiter
         self.fits = 0
         self.hyperparameters: dict[str, list[Any]] | None = None
 
-    def _likelihood(self) -> GaussianLikelihood:
-        prior = GammaPrior(1.1, 0.05) if self.noise_prior == "gamma" else LogNormalPrior(-4.0, 1.0)
-        initial = max(self.noise_floor * 10, 1e-4)
-        return GaussianLikelihood(
-            noise_prior=prior, noise_constraint=GreaterThan(self.noise_floor, transform=None, initial_value=initial)
-        )
-
     def build(self, X: torch.Tensor, Y: torch.Tensor) -> SingleTaskGP:
         outcome = Standardize(m=Y.shape[-1])
+        likelihood = GaussianLikelihood(
+            noise_prior=GammaPrior(1.1, 0.05),
+            noise_constraint=GreaterThan(self.noise_floor, transform=None, initial_value=max(1e-4, 10 * self.noise_floor)),
+        )
+        cont_dims = [i for i in range(self.dim) if i not in self.cat_dims]
+        covar = self._continuous_kernel(torch.Size(), len(cont_dims), cont_dims if self.cat_dims else None)
         if self.cat_dims:
-            return MixedSingleTaskGP(
-                X, Y, cat_dims=self.cat_dims, likelihood=self._likelihood(), outcome_transform=outcome
+            # A product kernel: similarity in the numeric dims times a categorical kernel
+            # (exp(-mean(mismatch / lengthscale))), one kernel and one output scale in all.
+            categorical = CategoricalKernel(ard_num_dims=len(self.cat_dims), active_dims=self.cat_dims,
+                                            lengthscale_constraint=GreaterThan(1e-6))
+            covar = categorical if not cont_dims else covar * categorical
+        if self.kernel == "matern" or self.cat_dims:
+            covar = ScaleKernel(covar, outputscale_prior=GammaPrior(2.0, 0.15))
+        return SingleTaskGP(X, Y, covar_module=covar, likelihood=likelihood, outcome_transform=outcome)
+
+    def _continuous_kernel(self, batch_shape: torch.Size, ard_num_dims: int, active_dims: list[int] | None) -> Kernel:
+        if self.kernel == "dim_scaled":
+            return get_covar_module_with_dim_scaled_prior(
+                ard_num_dims=ard_num_dims, batch_shape=batch_shape, active_dims=active_dims
             )
-        if self.kernel == "classic":
-            covar = ScaleKernel(
-                MaternKernel(nu=2.5, ard_num_dims=self.dim, lengthscale_prior=_prior(*self.lengthscale_prior)),
-                outputscale_prior=GammaPrior(*self.outputscale_prior),
-            )
-        else:
-            covar = get_covar_module_with_dim_scaled_prior(ard_num_dims=self.dim, use_rbf_kernel=self.kernel == "rbf")
-        return SingleTaskGP(X, Y, covar_module=covar, likelihood=self._likelihood(), outcome_transform=outcome)
+        return MaternKernel(
+            nu=2.5,
+            ard_num_dims=ard_num_dims,
+            batch_shape=batch_shape,
+            active_dims=active_dims,
+            lengthscale_prior=GammaPrior(2.0, 2.0),
+            lengthscale_constraint=GreaterThan(1e-3),
+        )
 
     def fit(self, X: torch.Tensor, Y: torch.Tensor) -> SingleTaskGP:
         candidates = []
@@ -105,7 +127,10 @@ class SurrogateFitter:
                     if name in own and tuple(own[name].shape) == tuple(torch.as_tensor(value).shape):
                         own[name].copy_(torch.as_tensor(value, dtype=own[name].dtype))
         mll = ExactMarginalLogLikelihood(model.likelihood, model)
-        fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.maxiter}})
+        # A warm start begins near the optimum; a few dozen L-BFGS steps polish it, and the
+        # periodic cold fit catches the case where the optimum has moved far.
+        maxiter = self.maxiter if start is None else max(1, self.maxiter // 8)
+        fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": maxiter}})
         with torch.no_grad():
             model.train()
             output = model(*model.train_inputs)
@@ -119,6 +144,3 @@ class SurrogateFitter:
         self.fits = int(state.get("fits", 0))
         self.hyperparameters = state.get("hyperparameters")
 
-
-def _prior(kind: str, a: float, b: float):
-    return GammaPrior(a, b) if kind == "gamma" else LogNormalPrior(a, b)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -81,12 +83,20 @@ class RangeParameter(_ParameterBase):
         return int(round(value)) if self.is_int else float(value)
 
     def contains(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return False
-        if self.is_int and value != int(value):
-            return False
+        value = float(value)
         lo, hi = self.bounds
-        return math.isfinite(value) and lo <= value <= hi
+        if not (math.isfinite(value) and lo <= value <= hi):
+            return False
+        if self.is_int and not value.is_integer():
+            return False
+        if self.step is not None and value not in (lo, hi):
+            # on the quniform grid: a whole multiple of step (the bounds themselves are allowed too)
+            k = value / self.step
+            if abs(k - round(k)) > 1e-9 * max(1.0, abs(k)):
+                return False
+        return True
 
 
 class ChoiceParameter(_ParameterBase):
@@ -112,21 +122,29 @@ class ChoiceParameter(_ParameterBase):
         return self
 
     def contains(self, value: Any) -> bool:
-        return any(type(value) is type(v) and value == v for v in self.values) or (
-            # JSON and YAML turn 1.0 into 1 and back; accept a numerically equal number.
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and any(isinstance(v, (int, float)) and not isinstance(v, bool) and v == value for v in self.values)
-        )
+        return self._find(value) is not None
 
     def index(self, value: Value) -> int:
+        i = self._find(value)
+        if i is None:
+            raise SearchSpaceError(f"parameter {self.name!r}: {value!r} is not one of {self.values}")
+        return i
+
+    def _find(self, value: Any) -> int | None:
         for i, v in enumerate(self.values):
             if type(value) is type(v) and value == v:
                 return i
+        # JSON and YAML turn 1.0 into 1 and back, numpy gives int64/str_: accept an equal number or
+        # string, but never let True stand for 1.
         for i, v in enumerate(self.values):
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == value:
-                return i
-        raise SearchSpaceError(f"parameter {self.name!r}: {value!r} is not one of {self.values}")
+            if (_is_number(value) and _is_number(v)) or (isinstance(value, str) and isinstance(v, str)):
+                if value == v:
+                    return i
+        return None
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 class FixedParameter(_ParameterBase):
@@ -167,24 +185,28 @@ class SearchSpace(BaseModel):
         constraints: Sequence[str] | None = None,
     ) -> SearchSpace:
         """Build a space from the Ax style (list of dicts) or the NNI style (dict of ``_type``)."""
+        constraints = _constraint_list(constraints, "parameter_constraints")
         if isinstance(parameters, SearchSpace):
-            if constraints:
-                return cls._build(list(parameters.parameters), list(constraints))
+            if constraints:  # keep the space's own constraints and add the new ones
+                return cls._build(list(parameters.parameters), [*parameters.constraints, *constraints])
             return parameters
         if isinstance(parameters, Mapping):
-            if "parameters" in parameters:  # a file holding {"parameters": ..., "parameter_constraints": ...}
+            inner = parameters.get("parameters")
+            if inner is not None and not (isinstance(inner, Mapping) and "_type" in inner):
+                # a file holding {"parameters": ..., "parameter_constraints": ...}, not an NNI
+                # space with a parameter that happens to be called "parameters"
                 extra = set(parameters) - {"parameters", "parameter_constraints"}
                 if extra:
                     raise SearchSpaceError(f"search space: unknown key(s) {sorted(extra)}")
-                inner_constraints = list(parameters.get("parameter_constraints") or [])
-                return cls.parse(parameters["parameters"], inner_constraints + list(constraints or []))
-            return cls._build(_from_nni(parameters), list(constraints or []))
+                own = _constraint_list(parameters.get("parameter_constraints"), "search space: parameter_constraints")
+                return cls.parse(inner, own + constraints)
+            return cls._build(_from_nni(parameters), constraints)
         if isinstance(parameters, (str, bytes)) or not isinstance(parameters, Sequence):
             raise SearchSpaceError(
                 "search space: expected a list of parameter dicts (Ax style) or a dict of "
                 f"{{'_type', '_value'}} entries (NNI style), got {type(parameters).__name__}"
             )
-        return cls._build([_parameter_from_dict(p, i) for i, p in enumerate(parameters)], list(constraints or []))
+        return cls._build([_parameter_from_dict(p, i) for i, p in enumerate(parameters)], constraints)
 
     @classmethod
     def from_file(cls, path: str | Path) -> SearchSpace:
@@ -195,13 +217,13 @@ class SearchSpace(BaseModel):
         except OSError as exc:
             raise SearchSpaceError(f"search space file {str(path)!r}: cannot be read ({exc.strerror})") from exc
         try:
-            data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+            data = json.loads(text) if path.suffix.lower() == ".json" else _yaml_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as exc:
             raise SearchSpaceError(f"search space file {str(path)!r}: not valid {path.suffix or 'YAML'} ({exc})") from exc
         return cls.parse(data)
 
     @classmethod
-    def _build(cls, params: list[_ParameterBase], constraints: list[str]) -> SearchSpace:
+    def _build(cls, params: list[_ParameterBase], constraints: list[str | LinearConstraint]) -> SearchSpace:
         if not params:
             raise SearchSpaceError("search space: has no parameters")
         names: set[str] = set()
@@ -237,15 +259,68 @@ class SearchSpace(BaseModel):
             value = params[p.name]
             if not p.contains(value):
                 raise SearchSpaceError(f"parameter {p.name!r}: {value!r} is outside the space ({_describe(p)})")
-            typed[p.name] = int(value) if isinstance(p, RangeParameter) and p.is_int else value
+            # canonical types: int/float for ranges, the space's own object for choices and fixed
+            if isinstance(p, RangeParameter):
+                typed[p.name] = int(value) if p.is_int else float(value)
+            elif isinstance(p, ChoiceParameter):
+                typed[p.name] = p.values[p.index(value)]
+            else:
+                typed[p.name] = p.value
         for c in self.constraints:
             if c.slack(typed) < -1e-9 * (1 + abs(c.bound)):
                 raise SearchSpaceError(f"parameters {typed}: violate the constraint {c.expression!r}")
         return typed
 
     def to_list(self) -> list[dict[str, Any]]:
-        """The canonical Ax-style description, with defaults left out (the JSON checkpoint form)."""
-        return [p.model_dump(exclude_defaults=True) | {"type": p.type} for p in self.parameters]
+        """The canonical Ax-style description, with defaults left out (the JSON checkpoint form).
+
+        A range always states its ``value_type``: otherwise a float range with whole-number bounds
+        would read back as an int range from any JSON writer that prints ``0.0`` as ``0``.
+        """
+        out = []
+        for p in self.parameters:
+            row = p.model_dump(exclude_defaults=True) | {"type": p.type}
+            if isinstance(p, RangeParameter):
+                row["value_type"] = p.value_type
+            out.append(row)
+        return out
+
+
+class _YAMLLoader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, which reads ``1e-4`` (no dot) as a string; learning rates are
+    written exactly like that, so floats are resolved with the YAML 1.2 rule here."""
+
+
+_YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_YAMLLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _constraint_list(constraints: Any, where: str) -> list[str | LinearConstraint]:
+    """``None`` or a list of constraint strings; a bare string is refused (it would be read per letter)."""
+    if constraints is None:
+        return []
+    if isinstance(constraints, (str, bytes)) or not isinstance(constraints, Sequence):
+        raise SearchSpaceError(
+            f"{where}: expected a list of constraint strings such as ['x1 + x2 <= 1'], got {constraints!r}"
+        )
+    for c in constraints:
+        if not isinstance(c, (str, LinearConstraint)):
+            raise SearchSpaceError(f"{where}: constraint {c!r} is not a string such as 'x1 + x2 <= 1'")
+    return list(constraints)
 
 
 def _describe(p: _ParameterBase) -> str:
@@ -276,7 +351,9 @@ def _parameter_from_dict(raw: Mapping[str, Any] | _ParameterBase, position: int)
         if isinstance(bounds, (list, tuple)) and bounds and all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
             # Ax infers int from int bounds; so do we, unless a step makes the grid fractional.
             step = data.get("step")
-            if step is None or float(step).is_integer():
+            if step is None or (
+                isinstance(step, (int, float)) and not isinstance(step, bool) and float(step).is_integer()
+            ):
                 data["value_type"] = "int"
     return _validated(_PARAMETER_CLASSES[kind], data, label)
 

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 from botorch.acquisition import AcquisitionFunction
-from botorch.acquisition.analytic import LogExpectedImprovement
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from botorch.exceptions import BotorchError
 from botorch.optim import optimize_acqf, optimize_acqf_discrete, optimize_acqf_mixed_alternating
@@ -67,8 +66,14 @@ class GPSuggester(Suggester):
         raw_samples: int = 512,
         mc_samples: int = 128,
         threads: int | None = None,
+        maxiter: int = 200,
+        warp: bool = False,
+        optimizer_options: dict[str, Any] | None = None,
         **model_options: Any,
     ) -> None:
+        self.maxiter = maxiter
+        self.warp = warp
+        self.optimizer_options = dict(optimizer_options or {})
         super().__init__(encoder, seed=seed)
         self.fallback = fallback if fallback is not None else SobolSuggester(encoder, seed=seed)
         self.min_observations = max(1, min_observations)
@@ -107,7 +112,7 @@ class GPSuggester(Suggester):
     # ---- model -> acquisition -> optimizer -------------------------------------------------
     def _suggest_with_model(self, obs: Observations, n: int) -> np.ndarray:
         train_X = torch.tensor(obs.X, dtype=DTYPE)
-        train_Y = torch.tensor(obs.Y, dtype=DTYPE)
+        train_Y = torch.tensor(_warp(obs.Y) if self.warp else obs.Y, dtype=DTYPE)
         model = self.fitter.fit(train_X, train_Y)
         pending = torch.tensor(obs.X_pending, dtype=DTYPE) if len(obs.X_pending) else None
         acqf = self._acquisition(model, train_X, pending, n)
@@ -116,11 +121,7 @@ class GPSuggester(Suggester):
 
     def _acquisition(self, model: Any, train_X: torch.Tensor, pending: torch.Tensor | None, n: int) -> AcquisitionFunction:
         if pending is None and n == 1:
-            with torch.no_grad():
-                incumbent = model.posterior(train_X).mean.max()
-            if self.fitter.kind == "single":
-                return CachedLogExpectedImprovement(model, best_f=incumbent)
-            return LogExpectedImprovement(model, best_f=incumbent)
+            return CachedLogExpectedImprovement(model)
         sampler = SobolQMCNormalSampler(sample_shape=torch.Size([self.mc_samples]))
         return qLogNoisyExpectedImprovement(
             model, X_baseline=train_X, X_pending=pending, sampler=sampler, prune_baseline=True, cache_root=False
@@ -156,7 +157,15 @@ class GPSuggester(Suggester):
             raw_samples=self.raw_samples,
             inequality_constraints=constraints,
             sequential=n > 1,
-            options={"batch_limit": self.num_restarts, "maxiter": 200, "sample_around_best": True},
+            options={
+                # every raw sample scored in one batched call; restarts optimized as one batch
+                "init_batch_limit": self.raw_samples * 2,
+                "batch_limit": self.num_restarts,
+                "maxiter": self.maxiter,
+                # seed restarts near the best observed points: precise refinement of the incumbent
+                "sample_around_best": True,
+                **self.optimizer_options,
+            },
         )
         return X
 
@@ -189,3 +198,15 @@ def _torch_threads(n: int) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != previous:
             torch.set_num_threads(previous)
+
+
+def _warp(Y: np.ndarray) -> np.ndarray:
+    """Standardize, then compress both tails logarithmically: ``sign(z) * log1p(|z|)``.
+
+    Order-preserving, shift- and scale-free. Losses of diverged or awful configurations are
+    often orders of magnitude worse than the rest; left as they are they dominate the
+    standardization and the GP spends its flexibility on them instead of on the good region.
+    """
+    std = Y.std(axis=0)
+    z = (Y - Y.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    return np.sign(z) * np.log1p(np.abs(z))
