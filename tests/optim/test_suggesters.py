@@ -208,13 +208,6 @@ def test_auto_initial_batch_before_any_tell_is_one_sobol_sequence():
     assert [t.params for t in batch] == [t.params for t in sobol.ask(6)]
 
 
-@pytest.mark.xfail(
-    reason="gp.py snaps the optimizer's continuous point onto the int grid after optimizing, so an int "
-    "range modelled as continuous (> MAX_ENUMERATED_VALUES values) can be rounded across a linear "
-    "constraint and ask() raises SearchSpaceError; the GP suggester must repair or re-check after snapping",
-    raises=SearchSpaceError,
-    strict=False,
-)
 def test_gp_suggestions_satisfy_constraints_on_large_int_ranges():
     space = [{"name": "a", "type": "range", "bounds": [0, 5000]}, {"name": "b", "type": "range", "bounds": [0.0, 5000.0]}]
     exp = Experiment("c", space, algorithm="gp", seed=0, parameter_constraints=["a + b <= 2500.5"], algorithm_options=FAST_GP)

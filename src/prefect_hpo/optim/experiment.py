@@ -40,7 +40,6 @@ FORMAT = "prefect-hpo/experiment"
 FORMAT_VERSION = 1
 
 Direction = Literal["minimize", "maximize"]
-_SINGLE_OBJECTIVE_ONLY = {"gp", "auto"}
 
 
 class Experiment:
@@ -66,11 +65,6 @@ class Experiment:
         self.name = name
         self.space = SearchSpace.parse(parameters, parameter_constraints)
         self.objectives: dict[str, Direction] = _check_objectives(objectives or {"objective": "minimize"})
-        if len(self.objectives) > 1 and algorithm in _SINGLE_OBJECTIVE_ONLY:
-            raise SpecError(
-                f"algorithm {algorithm!r}: optimizes a single objective, got {list(self.objectives)}; "
-                "use 'sobol' or 'random' for several objectives"
-            )
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise SpecError(f"seed: must be a non-negative int, got {seed!r}")
         self.seed: int = secrets.randbelow(2**31) if seed is None else seed
@@ -80,6 +74,11 @@ class Experiment:
         self.algorithm_options: dict[str, Any] = dict(algorithm_options or {})
         self.encoder = SpaceEncoder(self.space)
         self.suggester = make_suggester(algorithm, self.encoder, seed=self.seed, options=self.algorithm_options)
+        if len(self.objectives) > 1 and not self.suggester.multi_objective:
+            raise SpecError(
+                f"algorithm {algorithm!r}: optimizes a single objective, got {list(self.objectives)}; "
+                "use 'sobol' or 'random' for several objectives"
+            )
         self._trials: list[Trial] = []
         self._ask_calls = 0
 

@@ -85,8 +85,12 @@ class SurrogateFitter:
         if self.cat_dims:
             # A product kernel: similarity in the numeric dims times a categorical kernel
             # (exp(-mean(mismatch / lengthscale))), one kernel and one output scale in all.
-            categorical = CategoricalKernel(ard_num_dims=len(self.cat_dims), active_dims=self.cat_dims,
-                                            lengthscale_constraint=GreaterThan(1e-6))
+            categorical = CategoricalKernel(
+                ard_num_dims=len(self.cat_dims),
+                active_dims=self.cat_dims,
+                lengthscale_prior=GammaPrior(2.0, 2.0),
+                lengthscale_constraint=GreaterThan(1e-3),
+            )
             covar = categorical if not cont_dims else covar * categorical
         if self.kernel == "matern" or self.cat_dims:
             covar = ScaleKernel(covar, outputscale_prior=GammaPrior(2.0, 0.15))

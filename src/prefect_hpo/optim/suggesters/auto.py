@@ -21,6 +21,7 @@ from prefect_hpo.optim.suggesters.sobol import SobolSuggester
 
 class AutoSuggester(Suggester):
     name = "auto"
+    multi_objective = False
 
     def __init__(self, encoder: SpaceEncoder, *, seed: int, n_initial: int | None = None, **gp_options: Any) -> None:
         super().__init__(encoder, seed=seed)

@@ -62,6 +62,8 @@ class Suggester(ABC):
     """Base class of every algorithm; subclasses set ``name`` and implement ``suggest``."""
 
     name: ClassVar[str]
+    #: Whether the algorithm can work with several objectives (model-free ones ignore values).
+    multi_objective: ClassVar[bool] = True
 
     def __init__(self, encoder: SpaceEncoder, *, seed: int) -> None:
         self.encoder = encoder

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,9 +26,11 @@ import torch
 from botorch.acquisition import AcquisitionFunction
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from botorch.exceptions import BotorchError
+from botorch.exceptions.warnings import OptimizationWarning
+from linear_operator.utils.warnings import NumericalWarning
 from botorch.optim import optimize_acqf, optimize_acqf_discrete, optimize_acqf_mixed_alternating
 from botorch.sampling import SobolQMCNormalSampler
-from gpytorch.utils.errors import NotPSDError
+from linear_operator.utils.errors import NotPSDError
 from linear_operator.utils.errors import NanError
 
 from prefect_hpo.errors import SearchSpaceExhaustedError, SpecError
@@ -54,6 +57,7 @@ class GPSuggester(Suggester):
     """
 
     name = "gp"
+    multi_objective = False
 
     def __init__(
         self,
@@ -69,11 +73,13 @@ class GPSuggester(Suggester):
         maxiter: int = 200,
         warp: bool = False,
         optimizer_options: dict[str, Any] | None = None,
+        mixed_optimizer_options: dict[str, Any] | None = None,
         **model_options: Any,
     ) -> None:
         self.maxiter = maxiter
         self.warp = warp
         self.optimizer_options = dict(optimizer_options or {})
+        self.mixed_optimizer_options = dict(mixed_optimizer_options or {})
         super().__init__(encoder, seed=seed)
         self.fallback = fallback if fallback is not None else SobolSuggester(encoder, seed=seed)
         self.min_observations = max(1, min_observations)
@@ -95,13 +101,32 @@ class GPSuggester(Suggester):
             return self.fallback.suggest(observations, n, rng)
         torch_seed = int(rng.integers(2**31 - 1))
         try:
-            with _torch_threads(self.threads), torch.random.fork_rng():
+            with _torch_threads(self.threads), torch.random.fork_rng(), warnings.catch_warnings():
+                # BoTorch reports routine numerical events (line-search stops, jitter added to a
+                # Cholesky) as warnings; they are not actionable for a user of the suggester.
+                warnings.simplefilter("ignore", category=OptimizationWarning)
+                warnings.simplefilter("ignore", category=NumericalWarning)
+                warnings.simplefilter("ignore", category=RuntimeWarning)
                 torch.manual_seed(torch_seed)
                 X = self._suggest_with_model(observations, n)
         except (BotorchError, NotPSDError, NanError, RuntimeError) as exc:
             logger.warning("gp: model-based suggestion failed (%s: %s); using %s instead", type(exc).__name__, exc, self.fallback.name)
             return self.fallback.suggest(observations, n, rng)
-        return self._label(self.encoder.snap(X))
+        return self._feasible_or_fallback(self.encoder.snap(X), observations, rng)
+
+    def _feasible_or_fallback(self, X: np.ndarray, observations: Observations, rng: np.random.Generator) -> list[Suggestion]:
+        """Keep model points that satisfy the constraints after snapping to valid values.
+
+        Rounding a relaxed dimension (an int range too large to enumerate) can push a point
+        across a linear constraint; such a point is replaced by a fallback point, with a log line.
+        """
+        ok = self.encoder.feasible(X)
+        out = self._label(X[ok])
+        if not ok.all():
+            missing = int((~ok).sum())
+            logger.warning("gp: %d point(s) broke a constraint after rounding; using %s for them", missing, self.fallback.name)
+            out += self.fallback.suggest(observations, missing, rng)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"fitter": self.fitter.state_dict()}
@@ -147,6 +172,7 @@ class GPSuggester(Suggester):
                 num_restarts=self.num_restarts,
                 raw_samples=self.raw_samples,
                 inequality_constraints=constraints,
+                options=self.mixed_optimizer_options or None,
             )
             return X
         X, _ = optimize_acqf(
@@ -157,6 +183,8 @@ class GPSuggester(Suggester):
             raw_samples=self.raw_samples,
             inequality_constraints=constraints,
             sequential=n > 1,
+            # A line-search warning in one restart is not worth re-running every restart.
+            retry_on_optimization_warning=False,
             options={
                 # every raw sample scored in one batched call; restarts optimized as one batch
                 "init_batch_limit": self.raw_samples * 2,
@@ -164,6 +192,10 @@ class GPSuggester(Suggester):
                 "maxiter": self.maxiter,
                 # seed restarts near the best observed points: precise refinement of the incumbent
                 "sample_around_best": True,
+                # log-EI is optimized on a log scale: a relative change below 1e-5 no longer moves
+                # the argmax meaningfully, and stopping there halves the L-BFGS iterations
+                "ftol": 1e-5,
+                "factr": None,
                 **self.optimizer_options,
             },
         )
