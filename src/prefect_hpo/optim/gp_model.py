@@ -58,7 +58,8 @@ class SurrogateFitter:
         noise_floor: float = 1e-6,
         warm_start: bool = True,
         refit_every: int = 5,
-        maxiter: int = 200,
+        fit_maxiter: int = 200,
+        fit_ftol: float = 1e-6,
     ) -> None:
         if kernel not in self.KERNELS:
             raise SpecError(f"algorithm_options.kernel: {kernel!r} is not one of {list(self.KERNELS)}")
@@ -70,7 +71,10 @@ class SurrogateFitter:
         self.noise_floor = noise_floor
         self.warm_start = warm_start
         self.refit_every = max(1, refit_every)
-        self.maxiter = maxiter
+        self.fit_maxiter = fit_maxiter
+        # The MLL is averaged over the data (order 1); changes below 1e-6 of it do not move the
+        # hyperparameters in any way that matters for the next suggestion.
+        self.fit_ftol = fit_ftol
         self.fits = 0
         self.hyperparameters: dict[str, list[Any]] | None = None
 
@@ -81,7 +85,7 @@ class SurrogateFitter:
             noise_constraint=GreaterThan(self.noise_floor, transform=None, initial_value=max(1e-4, 10 * self.noise_floor)),
         )
         cont_dims = [i for i in range(self.dim) if i not in self.cat_dims]
-        covar = self._continuous_kernel(torch.Size(), len(cont_dims), cont_dims if self.cat_dims else None)
+        covar = self._continuous_kernel(torch.Size(), len(cont_dims), cont_dims if self.cat_dims else None) if cont_dims else None
         if self.cat_dims:
             # A product kernel: similarity in the numeric dims times a categorical kernel
             # (exp(-mean(mismatch / lengthscale))), one kernel and one output scale in all.
@@ -91,7 +95,7 @@ class SurrogateFitter:
                 lengthscale_prior=GammaPrior(2.0, 2.0),
                 lengthscale_constraint=GreaterThan(1e-3),
             )
-            covar = categorical if not cont_dims else covar * categorical
+            covar = categorical if covar is None else covar * categorical
         if self.kernel == "matern" or self.cat_dims:
             covar = ScaleKernel(covar, outputscale_prior=GammaPrior(2.0, 0.15))
         return SingleTaskGP(X, Y, covar_module=covar, likelihood=likelihood, outcome_transform=outcome)
@@ -133,8 +137,8 @@ class SurrogateFitter:
         mll = ExactMarginalLogLikelihood(model.likelihood, model)
         # A warm start begins near the optimum; a few dozen L-BFGS steps polish it, and the
         # periodic cold fit catches the case where the optimum has moved far.
-        maxiter = self.maxiter if start is None else max(1, self.maxiter // 8)
-        fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": maxiter}})
+        maxiter = self.fit_maxiter if start is None else max(1, self.fit_maxiter // 8)
+        fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": maxiter, "ftol": self.fit_ftol}})
         with torch.no_grad():
             model.train()
             output = model(*model.train_inputs)

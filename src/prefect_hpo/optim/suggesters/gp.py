@@ -54,6 +54,13 @@ class GPSuggester(Suggester):
     Until ``min_observations`` trials have completed there is nothing to model, so points come
     from ``fallback`` (a Sobol sequence, shared with ``auto`` so the two never repeat each other's
     points); that hand-over, and any fitting failure, is logged with its reason.
+
+    Options (``algorithm_options``): ``num_restarts``/``raw_samples``/``acqf_maxiter`` for the
+    acquisition optimizer, ``mc_samples`` for qLogNEI, ``threads`` (default
+    ``PREFECT_HPO_TORCH_THREADS`` or 1), ``warp`` (log-compress outcome tails; off, since it
+    measured no gain here), extra ``optimizer_options``/``mixed_optimizer_options`` passed to
+    BoTorch, and the model's ``kernel``, ``noise_floor``, ``warm_start``, ``refit_every``,
+    ``fit_maxiter`` (see :class:`~prefect_hpo.optim.gp_model.SurrogateFitter`).
     """
 
     name = "gp"
@@ -68,25 +75,25 @@ class GPSuggester(Suggester):
         min_observations: int = 2,
         num_restarts: int = 8,
         raw_samples: int = 512,
+        acqf_maxiter: int = 200,
         mc_samples: int = 128,
         threads: int | None = None,
-        maxiter: int = 200,
         warp: bool = False,
         optimizer_options: dict[str, Any] | None = None,
         mixed_optimizer_options: dict[str, Any] | None = None,
         **model_options: Any,
     ) -> None:
-        self.maxiter = maxiter
-        self.warp = warp
-        self.optimizer_options = dict(optimizer_options or {})
-        self.mixed_optimizer_options = dict(mixed_optimizer_options or {})
         super().__init__(encoder, seed=seed)
         self.fallback = fallback if fallback is not None else SobolSuggester(encoder, seed=seed)
         self.min_observations = max(1, min_observations)
         self.num_restarts = num_restarts
         self.raw_samples = raw_samples
+        self.acqf_maxiter = acqf_maxiter
         self.mc_samples = mc_samples
         self.threads = threads if threads is not None else int(os.environ.get("PREFECT_HPO_TORCH_THREADS", "1"))
+        self.warp = warp
+        self.optimizer_options = dict(optimizer_options or {})
+        self.mixed_optimizer_options = dict(mixed_optimizer_options or {})
         self.fitter = SurrogateFitter(encoder, **model_options)
 
     # ---- the interface --------------------------------------------------------------------
@@ -189,7 +196,7 @@ class GPSuggester(Suggester):
                 # every raw sample scored in one batched call; restarts optimized as one batch
                 "init_batch_limit": self.raw_samples * 2,
                 "batch_limit": self.num_restarts,
-                "maxiter": self.maxiter,
+                "maxiter": self.acqf_maxiter,
                 # seed restarts near the best observed points: precise refinement of the incumbent
                 "sample_around_best": True,
                 # log-EI is optimized on a log scale: a relative change below 1e-5 no longer moves
