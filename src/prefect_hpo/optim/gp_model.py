@@ -59,7 +59,6 @@ class SurrogateFitter:
         warm_start: bool = True,
         refit_every: int = 5,
         fit_maxiter: int = 200,
-        fit_ftol: float = 1e-6,
     ) -> None:
         if kernel not in self.KERNELS:
             raise SpecError(f"algorithm_options.kernel: {kernel!r} is not one of {list(self.KERNELS)}")
@@ -72,9 +71,6 @@ class SurrogateFitter:
         self.warm_start = warm_start
         self.refit_every = max(1, refit_every)
         self.fit_maxiter = fit_maxiter
-        # The MLL is averaged over the data (order 1); changes below 1e-6 of it do not move the
-        # hyperparameters in any way that matters for the next suggestion.
-        self.fit_ftol = fit_ftol
         self.fits = 0
         self.hyperparameters: dict[str, list[Any]] | None = None
 
@@ -135,10 +131,11 @@ class SurrogateFitter:
                     if name in own and tuple(own[name].shape) == tuple(torch.as_tensor(value).shape):
                         own[name].copy_(torch.as_tensor(value, dtype=own[name].dtype))
         mll = ExactMarginalLogLikelihood(model.likelihood, model)
-        # A warm start begins near the optimum; a few dozen L-BFGS steps polish it, and the
-        # periodic cold fit catches the case where the optimum has moved far.
-        maxiter = self.fit_maxiter if start is None else max(1, self.fit_maxiter // 8)
-        fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": maxiter, "ftol": self.fit_ftol}})
+        # A warm start begins near the optimum: a few dozen L-BFGS steps polish it, and the
+        # periodic cold fit catches the case where the optimum has moved far. (A looser stopping
+        # tolerance made suggestions ~25% faster but measurably worse on the mixed benchmark.)
+        options = {"maxiter": self.fit_maxiter if start is None else max(1, self.fit_maxiter // 8)}
+        fit_gpytorch_mll(mll, optimizer_kwargs={"options": options})
         with torch.no_grad():
             model.train()
             output = model(*model.train_inputs)
