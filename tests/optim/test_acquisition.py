@@ -59,3 +59,17 @@ def test_explicit_best_f_is_used() -> None:
     assert torch.allclose(
         CachedLogExpectedImprovement(model, best_f=1.5)(test), LogExpectedImprovement(model, best_f=1.5)(test), rtol=1e-6
     )
+
+
+def test_forced_qlognei_suggests_valid_points_and_bad_choice_is_refused() -> None:
+    from prefect_hpo import Experiment, SpecError
+
+    space = [{"name": "x", "type": "range", "bounds": [0.0, 1.0]}, {"name": "y", "type": "range", "bounds": [0.0, 1.0]}]
+    options = {"acquisition": "qlognei", "n_initial": 3, "num_restarts": 2, "raw_samples": 64, "mc_samples": 32}
+    exp = Experiment("noisy", space, algorithm="auto", seed=0, algorithm_options=options)
+    for _ in range(5):
+        trial = exp.ask()
+        exp.tell(trial.index, (trial.params["x"] - 0.3) ** 2 + (trial.params["y"] - 0.6) ** 2)
+    assert [t.suggester for t in exp.trials] == ["sobol"] * 3 + ["gp"] * 2
+    with pytest.raises(SpecError, match="acquisition"):
+        Experiment("bad", space, algorithm="gp", algorithm_options={"acquisition": "ucb"})

@@ -56,7 +56,8 @@ class GPSuggester(Suggester):
     points); that hand-over, and any fitting failure, is logged with its reason.
 
     Options (``algorithm_options``): ``num_restarts``/``raw_samples``/``acqf_maxiter`` for the
-    acquisition optimizer, ``mc_samples`` for qLogNEI, ``threads`` (default
+    acquisition optimizer, ``acquisition`` (``"auto"``: analytic LogEI when nothing is in flight;
+    ``"qlognei"``: always qLogNEI, for noisy objectives), ``mc_samples`` for qLogNEI, ``threads`` (default
     ``PREFECT_HPO_TORCH_THREADS`` or 1), ``warp`` (log-compress outcome tails; off, since it
     measured no gain here), extra ``optimizer_options``/``mixed_optimizer_options`` passed to
     BoTorch, and the model's ``kernel``, ``noise_floor``, ``warm_start``, ``refit_every``,
@@ -79,6 +80,7 @@ class GPSuggester(Suggester):
         mc_samples: int = 128,
         threads: int | None = None,
         warp: bool = False,
+        acquisition: str = "auto",
         optimizer_options: dict[str, Any] | None = None,
         mixed_optimizer_options: dict[str, Any] | None = None,
         **model_options: Any,
@@ -92,6 +94,9 @@ class GPSuggester(Suggester):
         self.mc_samples = mc_samples
         self.threads = threads if threads is not None else int(os.environ.get("PREFECT_HPO_TORCH_THREADS", "1"))
         self.warp = warp
+        if acquisition not in ("auto", "qlognei"):
+            raise SpecError(f"algorithm_options.acquisition: {acquisition!r} is not 'auto' or 'qlognei'")
+        self.acquisition = acquisition
         self.optimizer_options = dict(optimizer_options or {})
         self.mixed_optimizer_options = dict(mixed_optimizer_options or {})
         self.fitter = SurrogateFitter(encoder, **model_options)
@@ -152,7 +157,7 @@ class GPSuggester(Suggester):
         return candidates.detach().cpu().numpy()
 
     def _acquisition(self, model: Any, train_X: torch.Tensor, pending: torch.Tensor | None, n: int) -> AcquisitionFunction:
-        if pending is None and n == 1:
+        if pending is None and n == 1 and self.acquisition == "auto":
             return CachedLogExpectedImprovement(model)
         sampler = SobolQMCNormalSampler(sample_shape=torch.Size([self.mc_samples]))
         return qLogNoisyExpectedImprovement(
