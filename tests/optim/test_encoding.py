@@ -255,3 +255,18 @@ def test_all_points_enumerates_a_finite_space_once_each():
 def test_all_points_refuses_a_continuous_space(encoder):
     with pytest.raises(ValueError, match="continuous"):
         encoder.all_points()
+
+
+def test_pull_inside_moves_boundary_points_strictly_inside_in_value_space():
+    space = SearchSpace.parse(
+        [{"name": "a", "type": "range", "bounds": [0, 5000]}, {"name": "b", "type": "range", "bounds": [0.0, 5000.0]}],
+        ["a + b <= 2500.5"],
+    )
+    encoder = SpaceEncoder(space)
+    on_boundary = encoder.encode({"a": 0, "b": 2500.5000000009})  # an optimizer's rounding error
+    inside = encoder.pull_inside(on_boundary[None, :])[0]
+    params = encoder.decode(inside)
+    assert params["a"] == 0 and params["a"] + params["b"] <= 2500.5
+    assert abs(params["b"] - 2500.5) < 1e-4  # moved by a rounding-sized margin, not elsewhere
+    interior = encoder.encode({"a": 10, "b": 100.0})
+    assert np.array_equal(encoder.pull_inside(interior[None, :])[0], interior)

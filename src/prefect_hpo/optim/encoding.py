@@ -176,6 +176,34 @@ class SpaceEncoder:
         """Constraints in BoTorch's form: ``sum(coef * x[idx]) >= rhs`` on the model space."""
         return [(idx.copy(), coef.copy(), rhs) for idx, coef, rhs in self._constraints]
 
+    def pull_inside(self, X: np.ndarray) -> np.ndarray:
+        """Move points that sit on (or a rounding error past) a constraint slightly inside it.
+
+        An optimizer converging to a constraint boundary returns points that satisfy it only up
+        to floating-point error, and decoding to parameter values adds more; a user checking
+        ``a + b <= 2500.5`` must not see ``2500.5000000009``. Only continuous coordinates move, by
+        a margin of about 1e-9 of the constraint's scale, so the point stays where the model put it.
+        """
+        X = np.array(X, dtype=np.float64, copy=True)
+        continuous = {  # float ranges only: a relaxed int would be rounded straight back
+            i for i in self.continuous_dims
+            if isinstance(p := self._dims[i].param, RangeParameter) and not p.is_int and p.step is None
+        }
+        for idx, coef, rhs in self._constraints:
+            movable = np.array([i in continuous for i in idx])
+            if not movable.any():
+                continue
+            scale = 1.0 + abs(rhs) + float(np.abs(coef).sum())
+            target = rhs + 2e-9 * scale
+            shortfall = target - X[:, idx] @ coef
+            rows = shortfall > 0
+            if not rows.any():
+                continue
+            direction = np.where(movable, coef, 0.0)
+            step = shortfall[rows, None] * direction / float(direction @ direction)
+            X[np.ix_(rows, idx)] = np.clip(X[np.ix_(rows, idx)] + step, 0.0, 1.0)
+        return X
+
     def feasible(self, X: np.ndarray) -> np.ndarray:
         X = np.atleast_2d(X)
         ok = np.ones(len(X), dtype=bool)

@@ -124,7 +124,8 @@ class GPSuggester(Suggester):
         except (BotorchError, NotPSDError, NanError, RuntimeError) as exc:
             logger.warning("gp: model-based suggestion failed (%s: %s); using %s instead", type(exc).__name__, exc, self.fallback.name)
             return self.fallback.suggest(observations, n, rng)
-        return self._feasible_or_fallback(self.encoder.snap(X), observations, rng)
+        X = self.encoder.snap(self.encoder.pull_inside(self.encoder.snap(X)))
+        return self._feasible_or_fallback(X, observations, rng)
 
     def _feasible_or_fallback(self, X: np.ndarray, observations: Observations, rng: np.random.Generator) -> list[Suggestion]:
         """Keep model points that satisfy the constraints after snapping to valid values.
