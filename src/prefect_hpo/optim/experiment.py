@@ -112,15 +112,14 @@ class Experiment:
             raise SpecError(f"algorithm {self.algorithm!r}: returned {len(suggestions)} point(s) when asked for {count}")
         # validate the whole batch before recording any of it: a bad point leaves no orphan trials
         checked = [(self.space.validate_params(self.encoder.decode(s.x)), s.suggester) for s in suggestions]
-        trials = [self._new_trial(params, suggester) for params, suggester in checked]
+        trials = [self._record(params, suggester) for params, suggester in checked]
         return trials[0] if n is None else trials
 
     def attach_trial(self, params: Mapping[str, Any]) -> Trial:
         """Add a trial with parameters of your choosing (a known good config, a rerun)."""
-        return self._new_trial(dict(params), "manual")
+        return self._record(self.space.validate_params(dict(params)), "manual")
 
-    def _new_trial(self, params: dict[str, Any], suggester: str) -> Trial:
-        typed = self.space.validate_params(params)
+    def _record(self, typed: dict[str, Any], suggester: str) -> Trial:
         trial = Trial(index=len(self._trials), params=typed, suggester=suggester)
         self._trials.append(trial)
         return trial
