@@ -519,3 +519,12 @@ def test_to_json_is_strict_json(exp):
     data = json.loads(exp.to_json(), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert data["format"] == "prefect-hpo/experiment" and data["version"] == 1
     assert data["trials"][0]["status"] == "failed"
+
+
+def test_from_json_refuses_trial_params_outside_the_space():
+    exp = Experiment("damaged", SPACE, algorithm="random", seed=0)
+    exp.tell(exp.ask().index, 1.0)
+    doc = exp.to_dict()
+    doc["trials"][0]["params"]["x"] = 99.0  # bounds are [0, 10]
+    with pytest.raises(SerializationError, match="trial 0.*'x'"):
+        Experiment.from_dict(doc)

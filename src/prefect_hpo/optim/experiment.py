@@ -22,6 +22,7 @@ import numpy as np
 
 from prefect_hpo.errors import (
     NoCompletedTrialsError,
+    SearchSpaceError,
     SerializationError,
     SpecError,
     TrialError,
@@ -303,6 +304,10 @@ class Experiment:
         for i, t in enumerate(exp._trials):
             if t.index != i:
                 raise SerializationError(f"experiment document: trial at position {i} has index {t.index}")
+            try:  # a hand-edited or damaged checkpoint must not feed impossible points to the model
+                t.params = exp.space.validate_params(t.params)
+            except SearchSpaceError as exc:
+                raise SerializationError(f"experiment document: trial {i}: {exc}") from None
         return exp
 
     @classmethod
