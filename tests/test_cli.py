@@ -55,3 +55,12 @@ def test_algorithms_lists_the_registered_suggesters() -> None:
     result = run_cli("algorithms")
     assert result.returncode == 0
     assert {"auto", "gp", "grid", "random", "sobol"} <= set(result.stdout.split())
+
+
+def test_validate_reads_yaml_exponents_as_numbers(tmp_path: Path) -> None:
+    """PyYAML's default loader reads ``1e-4`` as a string; the CLI shares the space's loader."""
+    space = tmp_path / "nni.yaml"
+    space.write_text("lr: {_type: loguniform, _value: [1e-4, 1e-1]}\n")
+    result = run_cli("validate", str(space), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["parameters"][0]["bounds"] == [1e-4, 1e-1]

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from prefect_hpo import __version__
-from prefect_hpo.errors import PrefectHPOError, SearchSpaceError
+from prefect_hpo.errors import PrefectHPOError
 from prefect_hpo.optim import SearchSpace, SpaceEncoder, available_suggesters
+from prefect_hpo.optim.space import load_document
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -67,14 +67,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _space_document(path: Path) -> Any:
     """A bare space (list or NNI dict) or an experiment spec holding one under ``parameters``."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SearchSpaceError(f"{path}: cannot be read ({exc.strerror})") from exc
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SearchSpaceError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} ({exc})") from exc
+    data = load_document(path)
     if isinstance(data, dict) and "parameters" in data:
         return {k: data[k] for k in ("parameters", "parameter_constraints") if k in data}
     return data

@@ -211,15 +211,7 @@ class SearchSpace(BaseModel):
     @classmethod
     def from_file(cls, path: str | Path) -> SearchSpace:
         """Read a space from a YAML or JSON file in either style."""
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise SearchSpaceError(f"search space file {str(path)!r}: cannot be read ({exc.strerror})") from exc
-        try:
-            data = json.loads(text) if path.suffix.lower() == ".json" else _yaml_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise SearchSpaceError(f"search space file {str(path)!r}: not valid {path.suffix or 'YAML'} ({exc})") from exc
+        data = load_document(path)
         return cls.parse(data)
 
     @classmethod
@@ -305,8 +297,18 @@ _YAMLLoader.add_implicit_resolver(
 )
 
 
-def _yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_YAMLLoader)  # noqa: S506 - a SafeLoader subclass
+def load_document(path: str | Path) -> Any:
+    """Parse a JSON (by suffix) or YAML file, with YAML 1.2 floats; errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SearchSpaceError(f"file {str(path)!r}: cannot be read ({exc.strerror})") from exc
+    is_json = path.suffix.lower() == ".json"
+    try:
+        return json.loads(text) if is_json else yaml.load(text, Loader=_YAMLLoader)  # noqa: S506 - SafeLoader subclass
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise SearchSpaceError(f"file {str(path)!r}: not valid {'JSON' if is_json else 'YAML'} ({exc})") from exc
 
 
 def _constraint_list(constraints: Any, where: str) -> list[str | LinearConstraint]:

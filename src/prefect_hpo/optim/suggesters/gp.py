@@ -58,8 +58,7 @@ class GPSuggester(Suggester):
     Options (``algorithm_options``): ``num_restarts``/``raw_samples``/``acqf_maxiter`` for the
     acquisition optimizer, ``acquisition`` (``"auto"``: analytic LogEI when nothing is in flight;
     ``"qlognei"``: always qLogNEI, for noisy objectives), ``mc_samples`` for qLogNEI, ``threads`` (default
-    ``PREFECT_HPO_TORCH_THREADS`` or 1), ``warp`` (log-compress outcome tails; off, since it
-    measured no gain here), extra ``optimizer_options``/``mixed_optimizer_options`` passed to
+    ``PREFECT_HPO_TORCH_THREADS`` or 1), extra ``optimizer_options``/``mixed_optimizer_options`` passed to
     BoTorch, and the model's ``kernel``, ``noise_floor``, ``warm_start``, ``refit_every``,
     ``fit_maxiter`` (see :class:`~prefect_hpo.optim.gp_model.SurrogateFitter`).
     """
@@ -79,7 +78,6 @@ class GPSuggester(Suggester):
         acqf_maxiter: int = 200,
         mc_samples: int = 128,
         threads: int | None = None,
-        warp: bool = False,
         acquisition: str = "auto",
         optimizer_options: dict[str, Any] | None = None,
         mixed_optimizer_options: dict[str, Any] | None = None,
@@ -93,7 +91,6 @@ class GPSuggester(Suggester):
         self.acqf_maxiter = acqf_maxiter
         self.mc_samples = mc_samples
         self.threads = threads if threads is not None else int(os.environ.get("PREFECT_HPO_TORCH_THREADS", "1"))
-        self.warp = warp
         if acquisition not in ("auto", "qlognei"):
             raise SpecError(f"algorithm_options.acquisition: {acquisition!r} is not 'auto' or 'qlognei'")
         self.acquisition = acquisition
@@ -150,7 +147,7 @@ class GPSuggester(Suggester):
     # ---- model -> acquisition -> optimizer -------------------------------------------------
     def _suggest_with_model(self, obs: Observations, n: int) -> np.ndarray:
         train_X = torch.tensor(obs.X, dtype=DTYPE)
-        train_Y = torch.tensor(_warp(obs.Y) if self.warp else obs.Y, dtype=DTYPE)
+        train_Y = torch.tensor(obs.Y, dtype=DTYPE)
         model = self.fitter.fit(train_X, train_Y)
         pending = torch.tensor(obs.X_pending, dtype=DTYPE) if len(obs.X_pending) else None
         acqf = self._acquisition(model, train_X, pending, n)
@@ -244,14 +241,3 @@ def _torch_threads(n: int) -> Iterator[None]:
         if torch.get_num_threads() != previous:
             torch.set_num_threads(previous)
 
-
-def _warp(Y: np.ndarray) -> np.ndarray:
-    """Standardize, then compress both tails logarithmically: ``sign(z) * log1p(|z|)``.
-
-    Order-preserving, shift- and scale-free. Losses of diverged or awful configurations are
-    often orders of magnitude worse than the rest; left as they are they dominate the
-    standardization and the GP spends its flexibility on them instead of on the good region.
-    """
-    std = Y.std(axis=0)
-    z = (Y - Y.mean(axis=0)) / np.where(std > 0, std, 1.0)
-    return np.sign(z) * np.log1p(np.abs(z))
