@@ -48,3 +48,19 @@ class StorageError(PrefectHPOError, OSError):
 
 class SearchSpaceExhaustedError(PrefectHPOError, LookupError):
     """Every point of a finite search space (or grid) has already been suggested."""
+
+
+class CorruptCheckpointError(SerializationError):
+    """A checkpoint exists but cannot be read; it is left untouched so nothing is lost."""
+
+
+class ExperimentNotFoundError(PrefectHPOError, LookupError):
+    """No checkpoint (and no MLflow record) exists for the named experiment."""
+
+
+class LeaseHeldError(PrefectHPOError, RuntimeError):
+    """Another flow is driving this experiment; two drivers would launch trials twice."""
+
+
+class LeaseLostError(LeaseHeldError):
+    """This flow's lease expired and another driver took the experiment over."""

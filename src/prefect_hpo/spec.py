@@ -1,0 +1,173 @@
+"""The experiment spec: one YAML/JSON document that says what to optimize, how, and where.
+
+The spec is the unit users version, review and hand to a deployment, so it is validated up
+front and every error names the field (``budget.max_parallel: ...``). It travels inside the
+checkpoint, which is why ``prefect-hpo resume NAME`` needs nothing but the name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from prefect_hpo.errors import SearchSpaceError, SpecError
+from prefect_hpo.optim.space import SearchSpace, load_document
+
+if TYPE_CHECKING:
+    from prefect_hpo.optim.experiment import Experiment
+
+__all__ = ["BudgetSpec", "ExperimentSpec", "TrialSpec", "load_spec"]
+
+DEFAULT_STORAGE = "file://.prefect-hpo"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BudgetSpec(_Strict):
+    """How much to spend: trials in total, trials at once, and optionally wall-clock time."""
+
+    trials: int = Field(gt=0, description="completed-or-failed trials to run in total")
+    max_parallel: int = Field(default=1, gt=0, description="trials running at the same time")
+    wall_time_s: float | None = Field(default=None, gt=0, description="stop launching after this many seconds")
+
+
+class TrialSpec(_Strict):
+    """What one trial runs and how it is treated (timeouts, retries, GPUs)."""
+
+    command: str | None = Field(default=None, description="shell command; {param} placeholders are filled in")
+    callable: str | None = Field(default=None, description="'package.module:function', called with the params dict")
+    timeout_s: float | None = Field(default=None, gt=0, description="kill the trial's process group after this")
+    retries: int = Field(default=0, ge=0, description="re-runs of a failed trial (same parameters)")
+    gpus_per_trial: int = Field(default=0, ge=0)
+    gpus: list[str] | None = Field(default=None, description="GPU ids to hand out; default: the visible GPUs")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables for the trial")
+    cwd: str | None = Field(default=None, description="working directory of the trial (default: the current one)")
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60, description="longest wait between two polls")
+
+    @model_validator(mode="after")
+    def _one_entry_point(self) -> TrialSpec:
+        if (self.command is None) == (self.callable is None):
+            raise ValueError("give exactly one of 'command' or 'callable'")
+        if self.command is not None and not self.command.strip():
+            raise ValueError("command: must not be empty")
+        if self.callable is not None and not _CALLABLE.match(self.callable):
+            raise ValueError(f"callable: expected 'package.module:function', got {self.callable!r}")
+        return self
+
+
+class ExperimentSpec(_Strict):
+    """A whole experiment; see ``examples/quickstart.yaml`` for the contract example."""
+
+    name: str
+    parameters: Any
+    parameter_constraints: list[str] = Field(default_factory=list)
+    objectives: dict[str, Literal["minimize", "maximize"]] = Field(min_length=1)
+    algorithm: str = "auto"
+    algorithm_options: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = Field(default=None, ge=0)
+    budget: BudgetSpec
+    trial: TrialSpec
+    storage: str = DEFAULT_STORAGE
+    tracking_uri: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(
+                f"{v!r} is not a valid experiment name: use letters, digits, '_', '.', '-' "
+                "(it becomes a folder, an S3 prefix and an MLflow experiment name)"
+            )
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _check_storage(cls, v: str) -> str:
+        if v.startswith("s3://"):
+            if not v[len("s3://"):].split("/", 1)[0]:
+                raise ValueError(f"{v!r}: an s3:// storage needs a bucket, e.g. s3://my-bucket/hpo")
+        elif "://" in v and not v.startswith("file://"):
+            raise ValueError(f"{v!r}: expected file://PATH, a plain path, or s3://bucket/prefix")
+        return v
+
+    @model_validator(mode="after")
+    def _check_space(self) -> ExperimentSpec:
+        try:
+            space = SearchSpace.parse(self.parameters, self.parameter_constraints or None)
+        except SearchSpaceError as exc:
+            raise SpecError(f"parameters: {exc}") from None
+        placeholders = set(re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", self.trial.command or ""))
+        unknown = sorted(placeholders - set(space.names))
+        if unknown:
+            raise SpecError(
+                f"trial.command: placeholder(s) {', '.join('{' + u + '}' for u in unknown)} name no parameter "
+                f"(parameters: {', '.join(space.names)})"
+            )
+        return self
+
+    # ---- construction ----------------------------------------------------------------------
+    @classmethod
+    def parse(cls, data: Any) -> ExperimentSpec:
+        """Validate a spec given as a dict (or return an ExperimentSpec unchanged)."""
+        if isinstance(data, ExperimentSpec):
+            return data
+        if not isinstance(data, Mapping):
+            raise SpecError(f"spec: expected a mapping with name, parameters, objectives, budget, trial; got {type(data).__name__}")
+        try:
+            return cls.model_validate(dict(data))
+        except SpecError:
+            raise
+        except ValidationError as exc:
+            raise SpecError(_explain(exc)) from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ExperimentSpec:
+        return cls.parse(load_document(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-safe form stored in checkpoints and in the MLflow parent run."""
+        return self.model_dump(mode="json", exclude_none=False)
+
+    def build_experiment(self) -> Experiment:
+        from prefect_hpo.optim.experiment import Experiment
+
+        return Experiment(
+            name=self.name,
+            parameters=self.parameters,
+            objectives=dict(self.objectives),
+            algorithm=self.algorithm,
+            seed=self.seed,
+            parameter_constraints=self.parameter_constraints or None,
+            algorithm_options=self.algorithm_options or None,
+        )
+
+
+def load_spec(source: str | Path | Mapping[str, Any] | ExperimentSpec) -> ExperimentSpec:
+    """A spec from a file path, a dict or an ExperimentSpec."""
+    if isinstance(source, (str, Path)):
+        return ExperimentSpec.from_file(source)
+    return ExperimentSpec.parse(source)
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(x) for x in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{where}: unknown field")
+        elif err["type"] == "missing":
+            parts.append(f"{where}: missing required field")
+        elif err["type"] == "value_error":
+            parts.append(f"{where}: {msg}" if where else msg)
+        else:
+            parts.append(f"{where}: {msg} (got {err.get('input')!r})" if where else msg)
+    return "spec: " + "; ".join(parts)
