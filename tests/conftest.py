@@ -23,3 +23,61 @@ def branin_value(x1: float, x2: float) -> float:
 def branin():
     """``branin(params)`` evaluates Branin at a ``{"x1": ..., "x2": ...}`` dict."""
     return lambda params: branin_value(params["x1"], params["x2"])
+
+
+# --------------------------------------------------------------------------------------------
+# S3 through a real (moto) server on localhost
+# --------------------------------------------------------------------------------------------
+
+
+class S3TestServer:
+    """Handle on the moto S3 server: its endpoint and a factory of fresh, uniquely named buckets."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint)
+
+    def bucket(self, name: str | None = None) -> str:
+        """Create a new bucket (a unique name unless one is given) and return its name."""
+        import uuid
+
+        name = name or f"hpo-test-{uuid.uuid4().hex[:16]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1 with AWS_* variables pointing boto3 at it for the session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            mp.delenv(key, raising=False)
+        try:
+            yield S3TestServer(endpoint)
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def s3_uri(s3_server) -> str:
+    """``s3://<fresh bucket>/hpo``."""
+    return f"s3://{s3_server.bucket()}/hpo"

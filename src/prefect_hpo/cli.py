@@ -1,26 +1,26 @@
-"""The ``prefect-hpo`` command line.
+"""The ``prefect-hpo`` command line: run, resume, status, best, validate, algorithms.
 
-This release has the engine-level commands; ``run``, ``resume`` and ``status`` arrive with the
-Prefect flow. Every failure prints one line naming the problem and exits non-zero, so the
-command is usable from scripts and CI.
+Every refusal prints one line naming the problem and exits 2, so the command is usable from
+scripts and CI. ``run`` and ``resume`` execute the flow in this process, on Prefect's temporary
+local server unless ``PREFECT_API_URL`` points at a real one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
+from typing import Any, TextIO
 
 from prefect_hpo import __version__
-from prefect_hpo.errors import PrefectHPOError
-from prefect_hpo.optim import SearchSpace, SpaceEncoder, available_suggesters
-from prefect_hpo.optim.space import load_document
+from prefect_hpo.errors import ExperimentNotFoundError, PrefectHPOError
+from prefect_hpo.spec import DEFAULT_STORAGE, ExperimentSpec
 
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
@@ -32,6 +32,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PrefectHPOError as exc:
         print(f"prefect-hpo: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(
+            "prefect-hpo: interrupted; running trials were left running and the checkpoint is saved: "
+            "continue with `prefect-hpo resume NAME`",
+            file=sys.stderr,
+        )
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,7 +46,29 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"prefect-hpo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    validate = sub.add_parser("validate", help="check a search space (or a spec's parameters) in a YAML/JSON file")
+    run = sub.add_parser("run", help="run an experiment from a spec file (continues it if it exists)")
+    run.add_argument("spec", type=Path)
+    _flow_options(run)
+    run.set_defaults(handler=_run)
+
+    resume = sub.add_parser("resume", help="resume an experiment from its checkpoint (or from MLflow)")
+    resume.add_argument("name")
+    _flow_options(resume)
+    resume.set_defaults(handler=_resume)
+
+    status = sub.add_parser("status", help="show an experiment's trials")
+    status.add_argument("name")
+    status.add_argument("--storage", default=DEFAULT_STORAGE, help=f"checkpoint store (default {DEFAULT_STORAGE})")
+    status.add_argument("--json", action="store_true", help="print a JSON object with a 'trials' list")
+    status.set_defaults(handler=_status)
+
+    best = sub.add_parser("best", help="print an experiment's best trial")
+    best.add_argument("name")
+    best.add_argument("--storage", default=DEFAULT_STORAGE)
+    best.add_argument("--json", action="store_true")
+    best.set_defaults(handler=_best)
+
+    validate = sub.add_parser("validate", help="check a spec, or a bare search space, in a YAML/JSON file")
     validate.add_argument("file", type=Path)
     validate.add_argument("--json", action="store_true", help="print the normalized space as JSON")
     validate.set_defaults(handler=_validate)
@@ -49,31 +78,231 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flow_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default=None, help="checkpoint store: a folder, file://PATH or s3://bucket/prefix")
+    p.add_argument("--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for another driver's lease")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--verbose", action="store_true", help="show Prefect's own INFO logs")
+
+
+# ---- run / resume ------------------------------------------------------------------------------
+def _run(args: argparse.Namespace) -> int:
+    spec = ExperimentSpec.from_file(args.spec)
+    return _run_flow(args, spec=spec.to_dict(), name=None, resume=False)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    return _run_flow(args, spec=None, name=args.name, resume=True)
+
+
+def _run_flow(args: argparse.Namespace, *, spec: dict[str, Any] | None, name: str | None, resume: bool) -> int:
+    if not args.verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from prefect_hpo.flows.hpo import hpo_flow
+    from prefect_hpo.flows.progress import add_listener, remove_listener
+
+    display = _ProgressDisplay(sys.stderr)
+    if not args.quiet:
+        add_listener(display)
+    try:
+        best = hpo_flow(spec=spec, resume=resume, name=name, storage=args.storage, lease_wait_s=args.wait)
+    finally:
+        remove_listener(display)
+        display.close()
+    exp_name = spec["name"] if spec else name
+    storage = args.storage or (spec or {}).get("storage") or DEFAULT_STORAGE
+    _print_outcome(exp_name, storage, best)
+    return EXIT_OK
+
+
+class _ProgressDisplay:
+    """One live line on a terminal; one line per finished trial otherwise (logs, CI)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.live = stream.isatty()
+        self.dirty = False
+
+    def __call__(self, p: Any) -> None:
+        best = "-"
+        if p.best_values:
+            best = ", ".join(f"{k}={v:.6g}" for k, v in p.best_values.items()) + f" (trial {p.best_index})"
+        line = f"[{p.name}] {p.completed + p.failed}/{p.budget} done ({p.failed} failed), {p.running} running, best {best}"
+        if self.live:
+            self.stream.write("\r\033[K" + line)
+            self.dirty = True
+        else:
+            self.stream.write(f"{line} | {p.event}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.dirty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _print_outcome(name: str | None, storage: str, best: dict[str, Any] | None) -> None:
+    from prefect_hpo.flows.driver import trials_dir_for
+    from prefect_hpo.storage.checkpoint import open_store
+
+    store = open_store(storage)
+    if best is None:
+        print(f"{name}: no trial completed")
+    else:
+        values = ", ".join(f"{k}={v:.6g}" for k, v in best["values"].items())
+        print(f"{name}: best trial {best['index']}: {values}")
+        print("  params: " + ", ".join(f"{k}={v}" for k, v in best["params"].items()))
+    print(f"  checkpoint: {store.location(str(name))}")
+    print(f"  trial logs: {trials_dir_for(storage, str(name))}")
+    state = _read_state(str(name), storage)
+    uri = state.tracking_uri or "(MLFLOW_TRACKING_URI)"
+    print(f"  MLflow:     mlflow ui --backend-store-uri {uri}   (experiment {name!r}, parent run {state.parent_run_id})")
+    print(f"  status:     prefect-hpo status {name}" + (f" --storage {storage}" if storage != DEFAULT_STORAGE else ""))
+
+
+# ---- status / best -----------------------------------------------------------------------------
+def _read_state(name: str, storage: str) -> Any:
+    from prefect_hpo.storage.checkpoint import open_store
+    from prefect_hpo.storage.state import ExperimentState
+
+    store = open_store(storage)
+    text = store.read(name)
+    if text is None:
+        raise ExperimentNotFoundError(
+            f"experiment {name!r}: no checkpoint at {store.location(name)}"
+            + ("" if storage != DEFAULT_STORAGE else " (pass --storage if it lives elsewhere)")
+        )
+    return ExperimentState.from_json(text, store.location(name))
+
+
+def _status(args: argparse.Namespace) -> int:
+    from prefect_hpo.storage.checkpoint import open_store
+
+    state = _read_state(args.name, args.storage)
+    exp = state.experiment
+    trials = [
+        {
+            "index": t.index,
+            "status": t.status.value,
+            "params": t.params,
+            "values": t.values,
+            "failure_reason": t.failure_reason,
+            "attempt": t.metadata.get("attempt", 0),
+            "suggester": t.suggester,
+            "started_at": t.started_at.isoformat() if t.started_at else None,
+            "finished_at": t.finished_at.isoformat() if t.finished_at else None,
+            "mlflow_run_id": t.metadata.get("run_id"),
+        }
+        for t in exp.trials
+    ]
+    counts: dict[str, int] = {}
+    for t in exp.trials:
+        counts[t.status.value] = counts.get(t.status.value, 0) + 1
+    best = _best_dict(exp)
+    lease = open_store(args.storage).read_lease(args.name)
+    if args.json:
+        doc = {
+            "name": exp.name,
+            "objectives": exp.objectives,
+            "budget": state.spec.budget.model_dump(),
+            "counts": counts,
+            "best": best,
+            "mlflow": {"tracking_uri": state.tracking_uri, "parent_run_id": state.parent_run_id},
+            "lease": lease,
+            "trials": trials,
+        }
+        print(json.dumps(doc, indent=2, default=str))
+        return EXIT_OK
+    done = counts.get("completed", 0) + counts.get("failed", 0) + counts.get("abandoned", 0)
+    print(f"{exp.name}: {done}/{state.spec.budget.trials} trials done " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    if lease:
+        print(f"  driven by pid {lease.get('pid')} on {lease.get('host')} (lease until {lease.get('expires_at')})")
+    names = exp.space.names
+    objectives = list(exp.objectives)
+    header = ["#", "status", *names, *objectives, "reason"]
+    rows = [
+        [str(t["index"]), t["status"], *[_cell(t["params"].get(n)) for n in names],
+         *[_cell((t["values"] or {}).get(o)) for o in objectives], (t["failure_reason"] or "")[:60]]
+        for t in trials
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    print("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    if best:
+        print(f"  best: trial {best['index']}")
+    return EXIT_OK
+
+
+def _best(args: argparse.Namespace) -> int:
+    state = _read_state(args.name, args.storage)
+    best = _best_dict(state.experiment)
+    if best is None:
+        print(f"prefect-hpo: error: experiment {args.name!r} has no completed trial yet", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(best, indent=2))
+    else:
+        print(f"trial {best['index']}: " + ", ".join(f"{k}={v:.6g}" for k, v in best["values"].items()))
+        for k, v in best["params"].items():
+            print(f"  {k} = {v}")
+    return EXIT_OK
+
+
+def _best_dict(exp: Any) -> dict[str, Any] | None:
+    if exp.is_multi_objective or not any(t.status.value == "completed" for t in exp.trials):
+        return None
+    t = exp.best_trial
+    return {"index": t.index, "params": t.params, "values": t.values}
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.5g}"
+    return str(v)
+
+
+# ---- validate / algorithms ---------------------------------------------------------------------
 def _validate(args: argparse.Namespace) -> int:
-    space = SearchSpace.parse(_space_document(args.file))
+    from prefect_hpo.optim import SearchSpace, SpaceEncoder
+    from prefect_hpo.optim.space import load_document
+
+    data = load_document(args.file)
+    is_spec = isinstance(data, dict) and bool({"objectives", "budget", "trial"} & set(data))
+    if is_spec:
+        spec = ExperimentSpec.parse(data)
+        space = spec.build_experiment().space
+    else:
+        space = SearchSpace.parse(_space_document(data))
     if args.json:
         doc = {"parameters": space.to_list(), "parameter_constraints": [c.expression for c in space.constraints]}
+        if is_spec:
+            doc = {**spec.to_dict(), **doc}
         print(json.dumps(doc, indent=2))
         return EXIT_OK
     encoder = SpaceEncoder(space)
     size = encoder.n_configurations
+    kind = "spec" if is_spec else "search space"
     print(
-        f"{args.file}: ok: {len(space.parameters)} parameters ({encoder.dim} searched), "
+        f"{args.file}: ok ({kind}): {len(space.parameters)} parameters ({encoder.dim} searched), "
         f"{len(space.constraints)} constraints, "
         f"{'continuous' if size is None else f'{size} configurations'}"
     )
     return EXIT_OK
 
 
-def _space_document(path: Path) -> Any:
-    """A bare space (list or NNI dict) or an experiment spec holding one under ``parameters``."""
-    data = load_document(path)
+def _space_document(data: Any) -> Any:
+    """A bare space (list or NNI dict) or a partial spec holding one under ``parameters``."""
     if isinstance(data, dict) and "parameters" in data:
         return {k: data[k] for k in ("parameters", "parameter_constraints") if k in data}
     return data
 
 
 def _algorithms(args: argparse.Namespace) -> int:
+    from prefect_hpo.optim import available_suggesters
+
     for name in available_suggesters():
         print(name)
     return EXIT_OK

@@ -1,0 +1,1 @@
+"""The HPO flow (and, with the work-pool issue, the trial flow)."""

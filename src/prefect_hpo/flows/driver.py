@@ -1,0 +1,275 @@
+"""The loop of an HPO flow: open (or resume) an experiment, keep trials running, finish it.
+
+Everything that does work is a task (:mod:`prefect_hpo.tasks`); this module only decides what
+runs next, so the optimizer stays usable without Prefect and the flow stays a thin sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from prefect_hpo.errors import ExperimentNotFoundError, SearchSpaceExhaustedError, SpecError, StorageError
+from prefect_hpo.flows.progress import Progress, notify
+from prefect_hpo.launchers.base import Launcher, TrialState
+from prefect_hpo.launchers.local import LocalProcessLauncher
+from prefect_hpo.optim.trials import TrialStatus
+from prefect_hpo.spec import DEFAULT_STORAGE, ExperimentSpec, load_spec
+from prefect_hpo.storage.checkpoint import CheckpointStore, open_store
+from prefect_hpo.storage.recovery import _search_part, rebuild_from_mlflow
+from prefect_hpo.storage.state import ExperimentState
+from prefect_hpo.storage.tracking import MlflowTracker
+from prefect_hpo.tasks import (
+    HPORuntime,
+    checkpoint,
+    decide_stop,
+    launch_trial,
+    poll_trials,
+    report_trials,
+    suggest_trials,
+)
+from prefect_hpo.tasks.checkpoint import write_checkpoint
+from prefect_hpo.tasks.report import close_trial_run
+from prefect_hpo.tasks.runtime import describe_values
+
+__all__ = ["open_runtime", "drive", "finish", "trials_dir_for", "close_runtime"]
+
+logger = logging.getLogger(__name__)
+
+
+def trials_dir_for(storage: str, name: str) -> Path:
+    """Where trial folders (logs, exit status) live: beside a local checkpoint, else under
+    ``$PREFECT_HPO_WORKDIR`` (default ``.prefect-hpo``): trial processes are local either way."""
+    if storage.startswith("s3://"):
+        root = Path(os.environ.get("PREFECT_HPO_WORKDIR", ".prefect-hpo"))
+    else:
+        root = Path(storage.removeprefix("file://"))
+    return root.resolve() / name / "trials"
+
+
+def open_runtime(
+    spec: ExperimentSpec | Mapping[str, Any] | str | Path | None,
+    *,
+    resume: bool = False,
+    name: str | None = None,
+    storage: str | None = None,
+    lease_wait_s: float = 0.0,
+    launcher: Launcher | None = None,
+) -> HPORuntime:
+    """Take the experiment's lease and load its state: the checkpoint, else MLflow, else new.
+
+    Running a spec whose experiment already exists continues it (nothing is repeated) as long
+    as the search itself (space, objectives, algorithm, seed) is unchanged; budget, trial and
+    tracking settings may change between runs, which is how a budget is extended.
+    """
+    given = load_spec(spec) if spec is not None else None
+    if given is None and name is None:
+        raise SpecError("give a spec, or the name of an experiment to resume")
+    if given is not None and name is not None and name != given.name:
+        raise SpecError(f"name {name!r} does not match the spec's name {given.name!r}")
+    exp_name = given.name if given is not None else str(name)
+    storage_uri = storage or (given.storage if given is not None else DEFAULT_STORAGE)
+    store = open_store(storage_uri)
+    lease = store.acquire_lease(exp_name, wait_s=lease_wait_s)
+    try:
+        state, resuming = _load_state(store, exp_name, given, resume)
+        if given is not None and given.storage != storage_uri:
+            state.spec = state.spec.model_copy(update={"storage": storage_uri})
+        tracker = MlflowTracker(state.spec.tracking_uri or state.tracking_uri, exp_name)
+        state.tracking_uri = tracker.tracking_uri
+        if state.parent_run_id is None:
+            state.parent_run_id = (tracker.find_experiment_run() if resuming else None) or tracker.start_experiment_run(
+                state.spec.to_dict(), state.experiment.space.to_list()
+            )
+        runtime = HPORuntime(
+            state=state,
+            store=store,
+            lease=lease,
+            tracker=tracker,
+            launcher=launcher or LocalProcessLauncher(gpus=state.spec.trial.gpus),
+            trials_dir=trials_dir_for(storage_uri, exp_name),
+            resuming=resuming,
+        )
+        if resuming:
+            _reconcile(runtime)
+        write_checkpoint(runtime)
+        lease.start_heartbeat()
+        return runtime
+    except BaseException:
+        lease.release()
+        raise
+
+
+def _load_state(
+    store: CheckpointStore, name: str, given: ExperimentSpec | None, resume: bool
+) -> tuple[ExperimentState, bool]:
+    text = store.read(name)
+    if text is not None:
+        state = ExperimentState.from_json(text, store.location(name))
+        if given is not None:
+            if _search_part(given) != _search_part(state.spec):
+                raise SpecError(
+                    f"experiment {name!r} already exists at {store.location(name)} with a different search "
+                    "(parameters, objectives, algorithm or seed); resume it as it is with "
+                    f"`prefect-hpo resume {name}`, or give the new experiment another name"
+                )
+            state.spec = given
+        return state, True
+    tracker_uri = given.tracking_uri if given is not None else None
+    if resume or given is None:
+        rebuilt = rebuild_from_mlflow(MlflowTracker(tracker_uri, name), given)
+        if rebuilt is not None:
+            return rebuilt, True
+        if given is None:
+            raise ExperimentNotFoundError(
+                f"experiment {name!r}: no checkpoint at {store.location(name)} and no MLflow record; "
+                "check the name and --storage, or start it with `prefect-hpo run SPEC`"
+            )
+    assert given is not None
+    return ExperimentState(given, given.build_experiment()), False
+
+
+def _reconcile(runtime: HPORuntime) -> None:
+    """After a restart: re-attach to live trial processes, schedule re-runs of dead ones.
+
+    A trial whose process finished while no flow was watching keeps its handle: the next poll
+    reads its exit status and whole log, so its result is not lost and it is not run again.
+    """
+    for trial in runtime.experiment.trials:
+        if not trial.status.in_flight:
+            continue
+        handle = trial.metadata.get("handle")
+        if handle is None:
+            continue
+        if runtime.launcher.reattach(handle):
+            logger.info("trial %d: re-attached to its running process", trial.index)
+        # the first poll after a re-attach returns the whole log again; skip what is known
+        trial.metadata["replayed"] = len(trial.metadata.get("history", []))
+
+
+def drive(runtime: HPORuntime) -> None:
+    """Keep up to ``max_parallel`` trials running until the budget is spent and all have ended."""
+    exp, spec = runtime.experiment, runtime.spec
+    budget, gpus = spec.budget, spec.trial.gpus_per_trial
+    waiting = [t.index for t in exp.trials if t.status.in_flight and t.metadata.get("handle") is None]
+    exhausted = False
+    dirty = False
+    while True:
+        launched = _launched(runtime)
+        if launched:
+            updates = poll_trials(runtime, launched)
+            if updates:
+                for outcome in report_trials(runtime, updates):
+                    if outcome.status == "retry":
+                        waiting.append(outcome.index)
+                    else:
+                        _notify(runtime, f"trial {outcome.index} {outcome.status}"
+                                + (f": {outcome.reason}" if outcome.reason else f" ({describe_values(exp.trial(outcome.index).values)})"))
+                dirty = True
+                for decision in decide_stop(runtime):
+                    close_trial_run(runtime, decision.index)
+                    _notify(runtime, f"trial {decision.index} stopped: {decision.reason}")
+        if runtime.wall_time_spent():
+            for index in waiting:
+                exp.abandon(index, "the wall-clock budget was spent before it could start")
+                close_trial_run(runtime, index)
+                dirty = True
+            waiting = []
+        elif not exhausted:
+            in_flight = len(_launched(runtime)) + len(waiting)
+            n = min(budget.max_parallel - in_flight, budget.trials - len(exp.trials))
+            slots = runtime.launcher.free_slots(gpus)
+            if slots is not None:
+                n = min(n, slots - len(waiting))
+            if n > 0:
+                try:
+                    waiting.extend(suggest_trials(runtime, n))
+                except SearchSpaceExhaustedError as exc:
+                    logger.warning("%s: no new trials: %s", spec.name, exc)
+                    exhausted = True
+                dirty = True
+        if waiting:
+            if dirty:  # suggestions are on record before any process exists
+                checkpoint(runtime)
+            slots = runtime.launcher.free_slots(gpus)
+            count = len(waiting) if slots is None else min(len(waiting), slots)
+            for index in waiting[:count]:
+                if launch_trial(runtime, index) is None:
+                    close_trial_run(runtime, index)
+                    _notify(runtime, f"trial {index} failed: {exp.trial(index).failure_reason}")
+            waiting = waiting[count:]
+            dirty = True
+        if dirty:
+            checkpoint(runtime)
+            dirty = False
+        if not any(t.status.in_flight for t in exp.trials) and (
+            exhausted or len(exp.trials) >= budget.trials or runtime.wall_time_spent()
+        ):
+            return
+        handles = [exp.trial(i).metadata["handle"] for i in _launched(runtime)]
+        runtime.launcher.wait_any(handles, spec.trial.poll_interval_s)
+
+
+def _launched(runtime: HPORuntime) -> list[int]:
+    return [
+        t.index for t in runtime.experiment.trials
+        if t.status is TrialStatus.RUNNING and t.metadata.get("handle") is not None
+    ]
+
+
+def _notify(runtime: HPORuntime, event: str) -> None:
+    exp = runtime.experiment
+    counts = {s: 0 for s in TrialStatus}
+    for t in exp.trials:
+        counts[t.status] += 1
+    best_index = best_values = None
+    if counts[TrialStatus.COMPLETED] and not exp.is_multi_objective:
+        best = exp.best_trial
+        best_index, best_values = best.index, best.values
+    logger.info("%s: %s", exp.name, event)
+    notify(
+        Progress(
+            name=exp.name,
+            budget=runtime.spec.budget.trials,
+            completed=counts[TrialStatus.COMPLETED],
+            failed=counts[TrialStatus.FAILED] + counts[TrialStatus.ABANDONED],
+            running=counts[TrialStatus.RUNNING] + counts[TrialStatus.PENDING],
+            best_index=best_index,
+            best_values=best_values,
+            event=event,
+        )
+    )
+
+
+def finish(runtime: HPORuntime) -> dict[str, Any] | None:
+    """Record the outcome in MLflow; the best trial as a plain dict (None if none completed)."""
+    exp = runtime.experiment
+    best = None
+    if any(t.status is TrialStatus.COMPLETED for t in exp.trials) and not exp.is_multi_objective:
+        trial = exp.best_trial
+        best = {"index": trial.index, "params": dict(trial.params), "values": dict(trial.values or {})}
+    counts: dict[str, int] = {}
+    for t in exp.trials:
+        counts[t.status.value] = counts.get(t.status.value, 0) + 1
+    parent = runtime.state.parent_run_id
+    try:
+        runtime.tracker.log_experiment_summary(
+            parent, best_params=best and best["params"], best_values=best and best["values"], counts=counts
+        )
+        runtime.tracker.finish_experiment_run(parent, "FINISHED")
+    except StorageError as exc:
+        logger.warning("%s: MLflow summary not written: %s", exp.name, exc)
+    return best
+
+
+def close_runtime(runtime: HPORuntime, *, write: bool = True) -> None:
+    """Write the last checkpoint and give the lease back; trial processes are left alone."""
+    try:
+        runtime.lease.stop_heartbeat()
+        if write and not runtime.lease.lost:
+            write_checkpoint(runtime)
+    finally:
+        runtime.lease.release()
