@@ -6,9 +6,22 @@ OMP_WAIT_POLICY itself, but only if it is imported before torch), so they come f
 
 import math
 import os
+import tempfile
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("PREFECT_HPO_TORCH_THREADS", "1")
+
+# Prefect and MLflow offline and quiet, with their state in a throwaway folder (never ~/.prefect).
+_SCRATCH = tempfile.mkdtemp(prefix="prefect-hpo-tests-")
+for _key, _value in {
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "PREFECT_HOME": os.path.join(_SCRATCH, "prefect-home"),
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+}.items():
+    os.environ.setdefault(_key, _value)
 
 import pytest  # noqa: E402
 
