@@ -1,5 +1,5 @@
 # Two commands for a fresh machine (see README.md):
-#   make quickstart   create .venv, install everything, run the quickstart optimization
+#   make quickstart   create .venv, install everything, run the quickstart HPO flow (examples/quickstart.yaml)
 #   make test         run the test suite
 # torch is installed first and pinned: an unpinned torch (or one pulled in by botorch) would
 # download a multi-GB CUDA build; torch==2.13.0 resolves to the CPU wheel available here.
@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 quickstart: install
-	$(PY) examples/quickstart.py
+	$(VENV)/bin/prefect-hpo run examples/quickstart.yaml
 
 test: install
 	$(PY) -m pytest -q

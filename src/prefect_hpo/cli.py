@@ -19,6 +19,14 @@ from prefect_hpo import __version__
 from prefect_hpo.errors import ExperimentNotFoundError, PrefectHPOError
 from prefect_hpo.spec import DEFAULT_STORAGE, ExperimentSpec
 
+# Offline and quiet by default (no telemetry, no "View run" lines); explicit settings win.
+_QUIET = {
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -96,8 +104,12 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _run_flow(args: argparse.Namespace, *, spec: dict[str, Any] | None, name: str | None, resume: bool) -> int:
+    for key, value in _QUIET.items():  # before Prefect is imported: it reads them once
+        os.environ.setdefault(key, value)
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        # the temporary server prints cancellation tracebacks when it stops; they are noise
+        os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
     from prefect_hpo.flows.hpo import hpo_flow
     from prefect_hpo.flows.progress import add_listener, remove_listener
 

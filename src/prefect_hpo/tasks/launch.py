@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shlex
 import sys
@@ -40,6 +41,14 @@ def build_command(trial_spec: TrialSpec, params: dict[str, Any]) -> str:
     )
 
 
+def _path_with_this_python() -> str:
+    """PATH with this interpreter's folder first, so ``python`` in a command is the flow's own
+    (the virtualenv that has torch and prefect_hpo), as if the environment were activated."""
+    here = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "")
+    return path if path.split(os.pathsep)[0] == here else os.pathsep.join([here, path])
+
+
 @task(name="launch_trial", task_run_name="launch-trial-{index}", cache_policy=NO_CACHE, persist_result=False)
 def launch_trial(runtime: HPORuntime, index: int) -> dict[str, Any] | None:
     """Start the next attempt of trial ``index``; returns its handle, or None if it could not start.
@@ -63,6 +72,7 @@ def launch_trial(runtime: HPORuntime, index: int) -> dict[str, Any] | None:
     except StorageError as exc:  # tracking is a view; the checkpoint stays the truth
         logger.warning("trial %d: MLflow run not opened: %s", index, exc)
     env = {
+        "PATH": _path_with_this_python(),
         **spec.trial.env,
         "PREFECT_HPO_OBJECTIVES": json.dumps(list(exp.objectives)),
         "MLFLOW_TRACKING_URI": runtime.tracker.tracking_uri,
