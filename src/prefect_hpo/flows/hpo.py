@@ -8,16 +8,28 @@ the same spec again) picks the experiment up where it stopped.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from prefect_hpo.errors import PrefectHPOError, SpecError
 from prefect_hpo.flows.artifacts import publish_artifacts
 from prefect_hpo.flows.driver import close_runtime, drive, finish, open_runtime
+from prefect_hpo.spec import load_spec
 from prefect_hpo.tasks.runtime import describe_values
 
 __all__ = ["hpo_flow"]
+
+
+def _with_suffix(spec: dict[str, Any] | str | None, suffix: str) -> dict[str, Any]:
+    if spec is None:
+        raise SpecError("name_suffix: needs a spec to rename")
+    when = flow_run.scheduled_start_time or datetime.now(timezone.utc)
+    doc = load_spec(spec).to_dict()
+    doc["name"] = doc["name"] + suffix.replace("{date}", when.strftime("%Y%m%d"))
+    return load_spec(doc).to_dict()
 
 
 def _run_name() -> str:
@@ -27,7 +39,12 @@ def _run_name() -> str:
         return f"hpo-{spec['name']}"
     if params.get("name"):
         return f"hpo-{params['name']}"
-    return f"hpo-{spec}" if isinstance(spec, str) else "hpo"
+    if isinstance(spec, str):
+        try:
+            return f"hpo-{load_spec(spec).name}"
+        except PrefectHPOError:  # the flow itself reports the bad spec
+            return "hpo"
+    return "hpo"
 
 
 @flow(name="prefect-hpo", flow_run_name=_run_name, log_prints=False)
@@ -37,14 +54,21 @@ def hpo_flow(
     name: str | None = None,
     storage: str | None = None,
     lease_wait_s: float = 0.0,
+    name_suffix: str | None = None,
 ) -> dict[str, Any] | None:
     """Run (or resume) the experiment described by ``spec`` (a dict or a YAML/JSON path).
 
     With ``resume=True`` and no spec, ``name`` (and ``storage`` unless it is the default
     ``file://.prefect-hpo``) find the checkpoint, which carries the spec. Returns the best trial
     as ``{"index", "params", "values"}``, or None when no trial completed.
+
+    ``name_suffix`` is appended to the spec's name; ``{date}`` in it becomes the flow run's
+    scheduled date (``YYYYMMDD``), so a scheduled deployment starts a new experiment per day
+    instead of continuing yesterday's.
     """
     log = get_run_logger()
+    if name_suffix:
+        spec = _with_suffix(spec, name_suffix)
     runtime = open_runtime(spec, resume=resume, name=name, storage=storage, lease_wait_s=lease_wait_s)
     exp = runtime.experiment
     log.info(
