@@ -224,3 +224,34 @@ def test_intermediate_reports_are_seen_while_the_trial_runs(workspace: Path, mon
     monkeypatch.setattr(driver, "HPORuntime", lambda **kw: original(**kw, policy=RecordingPolicy()))
     hpo_flow(spec=make_spec("curves", budget={"trials": 1, "max_parallel": 1}))
     assert seen and min(seen) < 4, f"the policy never saw a partial curve: {seen}"
+
+
+def test_a_launch_the_checkpoint_missed_is_adopted_not_repeated(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flow died after starting a trial's process but before checkpointing its handle."""
+    from prefect_hpo.flows.driver import trials_dir_for
+    from prefect_hpo.launchers.base import LaunchRequest
+    from prefect_hpo.launchers.local import LocalProcessLauncher
+    from prefect_hpo.spec import load_spec
+    from prefect_hpo.tasks.launch import HANDLE_FILE, build_command
+
+    monkeypatch.setenv("TRIAL_SLEEP", "0.5")
+    spec = load_spec(make_spec("adopt", budget={"trials": 1, "max_parallel": 1}))
+    state = ExperimentState(spec, spec.build_experiment())
+    trial = state.experiment.ask()
+    trial.metadata.update({"attempt": 0, "handle": None, "history": [], "attempts": []})
+    store = open_store(spec.storage)
+    store.write("adopt", state.to_json())  # the checkpoint knows the suggestion, not the launch
+    workdir = trials_dir_for(spec.storage, "adopt") / "trial-0000" / "attempt-1"
+    handle = LocalProcessLauncher().launch(
+        LaunchRequest(
+            experiment="adopt", index=0, attempt=1, command=build_command(spec.trial, trial.params),
+            params=trial.params, env={"PREFECT_HPO_OBJECTIVES": '["loss"]'}, workdir=workdir,
+        )
+    )
+    (workdir / HANDLE_FILE).write_text(json.dumps(handle))
+
+    best = hpo_flow(spec=spec.to_dict(), resume=True)
+    assert best is not None and best["index"] == 0
+    exp = _state("file://ckpt", "adopt").experiment
+    assert exp.trial(0).status.value == "completed" and exp.trial(0).metadata["attempt"] == 1
+    assert [(kind, i, a) for kind, i, a, _ in events(workspace)] == [("start", 0, 1), ("end", 0, 1)]

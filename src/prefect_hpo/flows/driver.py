@@ -6,6 +6,7 @@ runs next, so the optimizer stays usable without Prefect and the flow stays a th
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from prefect_hpo.errors import ExperimentNotFoundError, SearchSpaceExhaustedErro
 from prefect_hpo.flows.progress import Progress, notify
 from prefect_hpo.launchers.base import Launcher, TrialState
 from prefect_hpo.launchers.local import LocalProcessLauncher
-from prefect_hpo.optim.trials import TrialStatus
+from prefect_hpo.optim.trials import Trial, TrialStatus
 from prefect_hpo.spec import DEFAULT_STORAGE, ExperimentSpec, load_spec
 from prefect_hpo.storage.checkpoint import CheckpointStore, open_store
 from prefect_hpo.storage.recovery import _search_part, rebuild_from_mlflow
@@ -32,6 +33,7 @@ from prefect_hpo.tasks import (
     suggest_trials,
 )
 from prefect_hpo.tasks.checkpoint import write_checkpoint
+from prefect_hpo.tasks.launch import HANDLE_FILE
 from prefect_hpo.tasks.report import close_trial_run
 from prefect_hpo.tasks.runtime import describe_values
 
@@ -143,11 +145,36 @@ def _reconcile(runtime: HPORuntime) -> None:
             continue
         handle = trial.metadata.get("handle")
         if handle is None:
+            handle = _adopt_unrecorded_launch(runtime, trial)
+        if handle is None:
             continue
         if runtime.launcher.reattach(handle):
             logger.info("trial %d: re-attached to its running process", trial.index)
         # the first poll after a re-attach returns the whole log again; skip what is known
         trial.metadata["replayed"] = len(trial.metadata.get("history", []))
+
+
+def _adopt_unrecorded_launch(runtime: HPORuntime, trial: Trial) -> dict[str, Any] | None:
+    """A launch the checkpoint missed (the flow died between starting the process and writing
+    the checkpoint) left its handle in the attempt folder: adopt it instead of launching again."""
+    attempt = int(trial.metadata.get("attempt", 0)) + 1
+    path = runtime.attempt_dir(trial.index, attempt) / HANDLE_FILE
+    if not path.exists():
+        return None
+    handle = json.loads(path.read_text())
+    logger.warning("trial %d: adopting attempt %d, launched just before the previous flow stopped", trial.index, attempt)
+    if trial.status is TrialStatus.PENDING:
+        runtime.experiment.mark_running(trial.index)
+    run_id = trial.metadata.get("run_id")
+    if run_id is None:
+        try:
+            run_id = runtime.tracker.start_trial_run(
+                runtime.state.parent_run_id, trial.index, trial.params, trial.suggester, attempt=attempt, search_existing=True
+            )
+        except StorageError as exc:
+            logger.warning("trial %d: MLflow run not found: %s", trial.index, exc)
+    trial.metadata.update({"attempt": attempt, "handle": handle, "run_id": run_id, "history": []})
+    return handle
 
 
 def drive(runtime: HPORuntime) -> None:

@@ -23,6 +23,7 @@ from prefect_hpo.tasks.runtime import HPORuntime
 __all__ = ["build_command", "launch_trial"]
 
 logger = logging.getLogger(__name__)
+HANDLE_FILE = "handle.json"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -108,4 +109,6 @@ def launch_trial(runtime: HPORuntime, index: int) -> dict[str, Any] | None:
                 logger.warning("trial %d: MLflow run not closed: %s", index, track_exc)
         return None
     trial.metadata["handle"] = handle
+    # the checkpoint comes after this task; a flow killed in between finds the process here
+    (request.workdir / HANDLE_FILE).write_text(json.dumps(handle))
     return handle
