@@ -142,7 +142,7 @@ class Finished:
 
 @pytest.fixture(scope="module")
 def finished(cli_api: str, tmp_path_factory: pytest.TempPathFactory) -> Finished:
-    """``run spec.yaml`` to the end (progress display on), then the read-only commands at once."""
+    """``run spec.yaml`` to the end (progress display on), then the other commands on its result."""
     folder = tmp_path_factory.mktemp("cli-flow")
     (folder / "trial.py").write_text(TRIAL_PROGRAM)
     (folder / "spec.yaml").write_text(SPEC)
@@ -150,16 +150,16 @@ def finished(cli_api: str, tmp_path_factory: pytest.TempPathFactory) -> Finished
     run = cli("run", "spec.yaml", cwd=folder, env=env)
     assert run.returncode == 0, str(run)
     state = _state("file://.prefect-hpo", NAME, folder)
-    calls = {
+    readers = {
         "status_json": ("status", NAME, "--json"),
         "status": ("status", NAME),
         "best": ("best", NAME),
         "best_json": ("best", NAME, "--json"),
-        "resume": ("resume", NAME),
-        "validate": ("validate", "spec.yaml"),
     }
-    results = cli_many(list(calls.values()), folder, env)
-    return Finished(folder, env, run, state, dict(zip(calls, results)))
+    queries = dict(zip(readers, cli_many(list(readers.values()), folder, env)))
+    # after the readers: a resume holds the lease while it runs, which status would show
+    queries["resume"], queries["validate"] = cli_many([("resume", NAME), ("validate", "spec.yaml")], folder, env)
+    return Finished(folder, env, run, state, queries)
 
 
 # ---- run -----------------------------------------------------------------------------------------

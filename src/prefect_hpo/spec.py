@@ -7,12 +7,13 @@ checkpoint, which is why ``prefect-hpo resume NAME`` needs nothing but the name.
 
 from __future__ import annotations
 
+import importlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from prefect_hpo.errors import SearchSpaceError, SpecError
 from prefect_hpo.optim.space import SearchSpace, load_document
@@ -25,6 +26,7 @@ __all__ = ["BudgetSpec", "ExperimentSpec", "TrialSpec", "load_spec"]
 DEFAULT_STORAGE = "file://.prefect-hpo"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+IN_PROCESS = "in-process:"  # how a function object is named in a checkpoint (it cannot be stored)
 
 
 class _Strict(BaseModel):
@@ -43,7 +45,9 @@ class TrialSpec(_Strict):
     """What one trial runs and how it is treated (timeouts, retries, GPUs)."""
 
     command: str | None = Field(default=None, description="shell command; {param} placeholders are filled in")
-    callable: str | None = Field(default=None, description="'package.module:function', called with the params dict")
+    callable: str | Callable[..., Any] | None = Field(
+        default=None, description="'package.module:function' (or, from Python, a function object), called with the params dict"
+    )
     timeout_s: float | None = Field(default=None, gt=0, description="kill the trial's process group after this")
     retries: int = Field(default=0, ge=0, description="re-runs of a failed trial (same parameters)")
     gpus_per_trial: int = Field(default=0, ge=0)
@@ -58,9 +62,32 @@ class TrialSpec(_Strict):
             raise ValueError("give exactly one of 'command' or 'callable'")
         if self.command is not None and not self.command.strip():
             raise ValueError("command: must not be empty")
-        if self.callable is not None and not _CALLABLE.match(self.callable):
+        if isinstance(self.callable, str) and not (_CALLABLE.match(self.callable) or self.callable.startswith(IN_PROCESS)):
             raise ValueError(f"callable: expected 'package.module:function', got {self.callable!r}")
         return self
+
+    @field_validator("callable", mode="before")
+    @classmethod
+    def _importable_by_name(cls, v: Any) -> Any:
+        """A function object that a fresh process can import becomes ``module:qualname`` and runs
+        as a process (killable, with its own GPUs); anything else runs in-process."""
+        if v is None or isinstance(v, str):
+            return v
+        if not callable(v):
+            raise ValueError(f"callable: expected 'package.module:function' or a function, got {v!r}")
+        target = _import_name(v)
+        return target if target is not None else v
+
+    @field_serializer("callable")
+    def _callable_name(self, v: Any) -> str | None:
+        if v is None or isinstance(v, str):
+            return v
+        return f"{IN_PROCESS}{getattr(v, '__module__', '?')}.{getattr(v, '__qualname__', type(v).__name__)}"
+
+    @property
+    def in_process(self) -> bool:
+        """True when the trial is a Python object run on a thread of the flow (not a process)."""
+        return self.callable is not None and not isinstance(self.callable, str)
 
 
 class ExperimentSpec(_Strict):
@@ -148,6 +175,20 @@ class ExperimentSpec(_Strict):
             parameter_constraints=self.parameter_constraints or None,
             algorithm_options=self.algorithm_options or None,
         )
+
+
+def _import_name(fn: Any) -> str | None:
+    """``module:qualname`` if importing that gives back this very object, else None."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not module or not qualname or module == "__main__" or "<" in qualname:
+        return None
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        return None
+    return f"{module}:{qualname}" if obj is fn else None
 
 
 def load_spec(source: str | Path | Mapping[str, Any] | ExperimentSpec) -> ExperimentSpec:

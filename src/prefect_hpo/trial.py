@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -32,6 +34,10 @@ from prefect_hpo.errors import TrialError
 __all__ = ["PARAMS_ENV", "REPORT_PREFIX", "Report", "get_params", "parse_report_line", "report"]
 
 PARAMS_ENV = "PREFECT_HPO_PARAMS"
+
+# Set by the in-process launcher on the trial's thread: where report() delivers.
+_IN_PROCESS_PARAMS: ContextVar[dict[str, Any] | None] = ContextVar("prefect_hpo_params", default=None)
+_IN_PROCESS_SINK: ContextVar[Callable[[Report], None] | None] = ContextVar("prefect_hpo_report_sink", default=None)
 REPORT_PREFIX = "PREFECT_HPO_REPORT "
 
 
@@ -45,6 +51,9 @@ class Report:
 
 def get_params() -> dict[str, Any]:
     """The parameters of the running trial, read from ``PREFECT_HPO_PARAMS``."""
+    in_process = _IN_PROCESS_PARAMS.get()
+    if in_process is not None:
+        return dict(in_process)
     raw = os.environ.get(PARAMS_ENV)
     if raw is None:
         raise TrialError(f"{PARAMS_ENV} is not set: this program is not running as a prefect-hpo trial")
@@ -58,8 +67,16 @@ def get_params() -> dict[str, Any]:
 
 
 def report(step: int | None = None, *, stream: TextIO | None = None, **metrics: float) -> Report:
-    """Report metrics of the running trial: one protocol line, flushed at once."""
+    """Report metrics of the running trial: one protocol line, flushed at once.
+
+    Inside an in-process trial (a callable object run on a thread of the flow) the report goes
+    straight to that trial's collector instead, since threads share one stdout.
+    """
     checked = Report(step=_check_step(step), metrics=_check_metrics(metrics))
+    sink = _IN_PROCESS_SINK.get()
+    if sink is not None and stream is None:
+        sink(checked)
+        return checked
     out = stream if stream is not None else sys.stdout
     out.write(REPORT_PREFIX + json.dumps({"step": checked.step, "metrics": checked.metrics}) + "\n")
     out.flush()

@@ -16,9 +16,10 @@ from typing import Any
 from prefect_hpo.errors import ExperimentNotFoundError, SearchSpaceExhaustedError, SpecError, StorageError
 from prefect_hpo.flows.progress import Progress, notify
 from prefect_hpo.launchers.base import Launcher, TrialState
+from prefect_hpo.launchers.inprocess import InProcessLauncher
 from prefect_hpo.launchers.local import LocalProcessLauncher
 from prefect_hpo.optim.trials import Trial, TrialStatus
-from prefect_hpo.spec import DEFAULT_STORAGE, ExperimentSpec, load_spec
+from prefect_hpo.spec import DEFAULT_STORAGE, IN_PROCESS, ExperimentSpec, load_spec
 from prefect_hpo.storage.checkpoint import CheckpointStore, open_store
 from prefect_hpo.storage.recovery import _search_part, rebuild_from_mlflow
 from prefect_hpo.storage.state import ExperimentState
@@ -91,7 +92,7 @@ def open_runtime(
             store=store,
             lease=lease,
             tracker=tracker,
-            launcher=launcher or LocalProcessLauncher(gpus=state.spec.trial.gpus),
+            launcher=launcher or _launcher_for(state.spec),
             trials_dir=trials_dir_for(storage_uri, exp_name),
             resuming=resuming,
         )
@@ -103,6 +104,20 @@ def open_runtime(
     except BaseException:
         lease.release()
         raise
+
+
+def _launcher_for(spec: ExperimentSpec) -> Launcher:
+    trial = spec.trial
+    if trial.in_process:
+        assert callable(trial.callable)
+        return InProcessLauncher(trial.callable, list(spec.objectives))
+    if isinstance(trial.callable, str) and trial.callable.startswith(IN_PROCESS):
+        raise SpecError(
+            f"trial.callable: {trial.callable.removeprefix(IN_PROCESS)} was a Python function run in-process, "
+            "which a checkpoint cannot hold; resume from Python: hpo_flow(spec={..., 'trial': {'callable': "
+            "the_function}}, resume=True)"
+        )
+    return LocalProcessLauncher(gpus=trial.gpus)
 
 
 def _load_state(

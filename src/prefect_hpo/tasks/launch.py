@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect_hpo.errors import StorageError
 from prefect_hpo.launchers.base import LaunchRequest
 from prefect_hpo.optim.trials import TrialStatus
-from prefect_hpo.spec import TrialSpec
+from prefect_hpo.spec import IN_PROCESS, TrialSpec
 from prefect_hpo.tasks.runtime import HPORuntime
 
 __all__ = ["build_command", "launch_trial"]
@@ -34,7 +34,10 @@ def build_command(trial_spec: TrialSpec, params: dict[str, Any]) -> str:
     braces pass through untouched; a callable runs through ``prefect_hpo.launchers.run_callable``
     in its own process, so it can be timed out and killed like any command.
     """
+    if trial_spec.in_process:
+        return f"{IN_PROCESS}{getattr(trial_spec.callable, '__qualname__', 'callable')}"
     if trial_spec.callable is not None:
+        assert isinstance(trial_spec.callable, str)
         return shlex.join([sys.executable, "-m", "prefect_hpo.launchers.run_callable", trial_spec.callable])
     assert trial_spec.command is not None
     return _PLACEHOLDER.sub(
