@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -110,6 +111,8 @@ def _run_flow(args: argparse.Namespace, *, spec: dict[str, Any] | None, name: st
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         # the temporary server prints cancellation tracebacks when it stops; they are noise
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+    if not args.verbose:  # MLflow announces creating its tables on a new database
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     from prefect_hpo.flows.hpo import hpo_flow
     from prefect_hpo.flows.progress import add_listener, remove_listener
 

@@ -81,6 +81,8 @@ def open_runtime(
         state, resuming = _load_state(store, exp_name, given, resume)
         if given is not None and given.storage != storage_uri:
             state.spec = state.spec.model_copy(update={"storage": storage_uri})
+        launcher = launcher or _launcher_for(state.spec)
+        launcher.free_slots(state.spec.trial.gpus_per_trial)  # refuses impossible GPU requests before anything is written
         tracker = MlflowTracker(state.spec.tracking_uri or state.tracking_uri, exp_name)
         state.tracking_uri = tracker.tracking_uri
         if state.parent_run_id is None:
@@ -92,7 +94,7 @@ def open_runtime(
             store=store,
             lease=lease,
             tracker=tracker,
-            launcher=launcher or _launcher_for(state.spec),
+            launcher=launcher,
             trials_dir=trials_dir_for(storage_uri, exp_name),
             resuming=resuming,
         )

@@ -34,6 +34,7 @@ from typing import Any
 from prefect_hpo.errors import SpecError, TrialError
 from prefect_hpo.launchers.base import LaunchRequest, Launcher, PollResult, TrialState
 from prefect_hpo.launchers.gpus import GpuPool
+from prefect_hpo.launchers.run_callable import FAILURE_REASON_FILE
 from prefect_hpo.trial import PARAMS_ENV, Report, parse_report_line
 
 __all__ = ["LocalProcessLauncher"]
@@ -93,6 +94,17 @@ def _has_launch_id(pid: int, launch_id: str) -> bool:
     except OSError:
         return False
     return f"{LAUNCH_ID_ENV}={launch_id}".encode() in environ.split(b"\0")
+
+
+def _with_trial_reason(handle: dict[str, Any], reason: str) -> str:
+    """Append what the trial itself said went wrong: a program may write one line to
+    ``$PREFECT_HPO_WORKDIR/failure_reason`` before exiting non-zero (run_callable writes the
+    exception there), so the status says "exit code 1: ValueError: ..." instead of only a code."""
+    try:
+        said = (Path(handle["workdir"]) / FAILURE_REASON_FILE).read_text(errors="replace").strip()
+    except OSError:
+        return reason
+    return f"{reason}: {said.splitlines()[0][:500]}" if said else reason
 
 
 def _describe_exit(rc: int) -> str:
@@ -267,7 +279,7 @@ class LocalProcessLauncher(Launcher):
         if n_gpus > self.pool.total:
             raise SpecError(
                 f"trial.gpus_per_trial: {n_gpus} GPU(s) per trial but only {self.pool.total} visible "
-                f"({list(self.pool.devices) or 'none'}); lower gpus_per_trial or set CUDA_VISIBLE_DEVICES"
+                f"({list(self.pool.devices) or 'none'}); lower gpus_per_trial, or list more in trial.gpus or CUDA_VISIBLE_DEVICES"
             )
 
     def _start(
@@ -275,7 +287,7 @@ class LocalProcessLauncher(Launcher):
     ) -> tuple[dict[str, Any], subprocess.Popen[bytes]]:
         workdir = Path(request.workdir).absolute()
         workdir.mkdir(parents=True, exist_ok=True)
-        for stale in (EXIT_NAME, EXIT_NAME + ".tmp", KILLED_NAME, KILLED_NAME + ".tmp"):
+        for stale in (EXIT_NAME, EXIT_NAME + ".tmp", KILLED_NAME, KILLED_NAME + ".tmp", FAILURE_REASON_FILE):
             (workdir / stale).unlink(missing_ok=True)
         log = workdir / LOG_NAME
         launch_id = uuid.uuid4().hex
@@ -484,7 +496,7 @@ class LocalProcessLauncher(Launcher):
         elif rc == 0:
             result = PollResult(TrialState.SUCCEEDED, reports, None, 0)
         elif rc is not None:
-            result = PollResult(TrialState.FAILED, reports, _describe_exit(rc), rc)
+            result = PollResult(TrialState.FAILED, reports, _with_trial_reason(handle, _describe_exit(rc)), rc)
         else:
             result = PollResult(TrialState.FAILED, reports, "process vanished without an exit status", None)
         self._release(key)

@@ -21,6 +21,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from prefect_hpo.errors import TrialError
@@ -99,6 +100,19 @@ def _report_result(result: Any) -> None:
     report(None, **{_objective_name(): result})
 
 
+FAILURE_REASON_FILE = "failure_reason"
+
+
+def write_failure_reason(reason: str) -> None:
+    """Leave the reason where the launcher adds it to "exit code N" (see launchers/local.py)."""
+    workdir = os.environ.get("PREFECT_HPO_WORKDIR")
+    if workdir:
+        try:
+            (Path(workdir) / FAILURE_REASON_FILE).write_text(reason[:2000])
+        except OSError:  # the reason is a courtesy; the exit code still says it failed
+            pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Load the target, call it with the trial's parameters, report what it returns."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -110,11 +124,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = get_params()
     except (_TargetError, TrialError) as exc:
         print(f"{_PROG}: {exc}", file=sys.stderr)
+        write_failure_reason(str(exc))
         return 2
     try:
         result = fn(params)
-    except Exception:  # noqa: BLE001 - any error of the trial's code is the trial's failure
+    except Exception as exc:  # noqa: BLE001 - any error of the trial's code is the trial's failure
         traceback.print_exc()
+        write_failure_reason(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         return 1
     try:
         _report_result(result)

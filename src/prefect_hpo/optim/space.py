@@ -307,8 +307,17 @@ def load_document(path: str | Path) -> Any:
     is_json = path.suffix.lower() == ".json"
     try:
         return json.loads(text) if is_json else yaml.load(text, Loader=_YAMLLoader)  # noqa: S506 - SafeLoader subclass
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SearchSpaceError(f"file {str(path)!r}: not valid {'JSON' if is_json else 'YAML'} ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise SearchSpaceError(f"file {str(path)!r}: not valid JSON ({exc})") from exc
+    except yaml.YAMLError as exc:
+        raise SearchSpaceError(f"file {str(path)!r}: not valid YAML ({_yaml_problem(exc)})") from exc
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message spans several lines with a caret drawing; keep what and where."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
 
 
 def _constraint_list(constraints: Any, where: str) -> list[str | LinearConstraint]:
