@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -109,10 +108,9 @@ def _run_flow(args: argparse.Namespace, *, spec: dict[str, Any] | None, name: st
         os.environ.setdefault(key, value)
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # "Creating initial MLflow database tables..."
         # the temporary server prints cancellation tracebacks when it stops; they are noise
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
-    if not args.verbose:  # MLflow announces creating its tables on a new database
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
     from prefect_hpo.flows.hpo import hpo_flow
     from prefect_hpo.flows.progress import add_listener, remove_listener
 

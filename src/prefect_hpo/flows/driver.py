@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,12 +206,13 @@ def drive(runtime: HPORuntime) -> None:
         if launched:
             updates = poll_trials(runtime, launched)
             if updates:
-                for outcome in report_trials(runtime, updates):
-                    if outcome.status == "retry":
-                        waiting.append(outcome.index)
-                    else:
-                        _notify(runtime, f"trial {outcome.index} {outcome.status}"
-                                + (f": {outcome.reason}" if outcome.reason else f" ({describe_values(exp.trial(outcome.index).values)})"))
+                outcomes = report_trials(runtime, updates)
+                waiting.extend(o.index for o in outcomes if o.status == "retry")
+                ended = [o for o in outcomes if o.status != "retry"]
+                for k, outcome in enumerate(ended):
+                    detail = f": {outcome.reason}" if outcome.reason else f" ({describe_values(exp.trial(outcome.index).values)})"
+                    # announce one at a time: trials settled later in this batch are not counted yet
+                    _notify(runtime, f"trial {outcome.index} {outcome.status}{detail}", later=[o.index for o in ended[k + 1:]])
                 dirty = True
                 for decision in decide_stop(runtime):
                     close_trial_run(runtime, decision.index)
@@ -264,11 +265,11 @@ def _launched(runtime: HPORuntime) -> list[int]:
     ]
 
 
-def _notify(runtime: HPORuntime, event: str) -> None:
+def _notify(runtime: HPORuntime, event: str, later: Sequence[int] = ()) -> None:
     exp = runtime.experiment
     counts = {s: 0 for s in TrialStatus}
     for t in exp.trials:
-        counts[t.status] += 1
+        counts[TrialStatus.RUNNING if t.index in later else t.status] += 1
     best_index = best_values = None
     if counts[TrialStatus.COMPLETED] and not exp.is_multi_objective:
         best = exp.best_trial
