@@ -57,6 +57,7 @@ _HAS_PROC = os.path.isdir("/proc/self")
 # SIGTERM that kill() sends to the group, so it can still record the status; traps are reset to
 # the default in the children it starts, so the trial itself still gets SIGTERM. The command and
 # the file name arrive as positional parameters, so no quoting of user text is ever needed.
+_SETTLE_S = 0.5  # how long a finished trial's wrapper may take to exit before leftovers are strays
 _WRAPPER = (
     "trap : TERM INT HUP\n"
     '/bin/sh -c "$1"\n'
@@ -483,6 +484,12 @@ class LocalProcessLauncher(Launcher):
         self, handle: dict[str, Any], key: str, reports: list[Report], rc: int | None, malformed: str | None
     ) -> PollResult:
         """Settle a final state (a kill's reason first, then a bad report, then the exit status)."""
+        # the wrapper writes the exit file and then exits: give it (and its `mv`) a moment, so
+        # only processes the trial really left behind count as strays
+        settle = time.monotonic() + _SETTLE_S
+        while self._remaining(handle, key, True) and time.monotonic() < settle:
+            self._reap()
+            time.sleep(_WAIT_STEP_S)
         self._terminate(handle, key, strays_only=True)
         proc = self._procs.get(key)
         wrapper_rc = proc.poll() if proc is not None else None
