@@ -268,7 +268,7 @@ def test_resume_of_a_finished_experiment_runs_nothing(finished: Finished) -> Non
 def test_validate_accepts_the_full_spec(finished: Finished) -> None:
     result = finished.queries["validate"]
     assert result.returncode == 0, str(result)
-    assert result.stdout.strip() == "spec.yaml: ok (spec): 2 parameters (2 searched), 0 constraints, continuous"
+    assert result.stdout.strip() == "spec.yaml: ok: spec, 2 parameters (2 searched), 0 constraints, continuous"
 
 
 # ---- --storage -----------------------------------------------------------------------------------

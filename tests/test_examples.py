@@ -179,7 +179,7 @@ def test_deployments_yaml_points_at_real_files():
         assert load_spec(ROOT / deployment["parameters"]["spec"]).name == "quickstart"
         assert deployment["work_pool"]["name"] == "hpo-process"
 
-    assert deployments["nightly-quickstart"]["parameters"]["resume"] is False
+    assert deployments["nightly-quickstart"]["parameters"]["name_suffix"] == "-{date}"  # a new experiment per night
     (schedule,) = deployments["nightly-quickstart"]["schedules"]
     assert schedule["cron"] == "0 2 * * *" and schedule["timezone"] == "UTC"
 

@@ -299,7 +299,7 @@ def _validate(args: argparse.Namespace) -> int:
     size = encoder.n_configurations
     kind = "spec" if is_spec else "search space"
     print(
-        f"{args.file}: ok ({kind}): {len(space.parameters)} parameters ({encoder.dim} searched), "
+        f"{args.file}: ok: {kind}, {len(space.parameters)} parameters ({encoder.dim} searched), "
         f"{len(space.constraints)} constraints, "
         f"{'continuous' if size is None else f'{size} configurations'}"
     )
