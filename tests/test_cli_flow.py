@@ -282,7 +282,7 @@ def test_storage_elsewhere_is_used_by_run_and_status(cli_api: str, tmp_path: Pat
     env = _env(cli_api, tmp_path)
     run = cli("run", "spec.yaml", "--storage", storage, "--quiet", cwd=tmp_path, env=env)
     assert run.returncode == 0, str(run)
-    assert f"[cli-elsewhere]" not in run.stderr, run.stderr  # --quiet: no progress lines
+    assert "[cli-elsewhere]" not in run.stderr, run.stderr  # --quiet: no progress lines
     assert _starts(tmp_path) == [0]
     assert (elsewhere / "cli-elsewhere" / "experiment.json").is_file()
     assert not (tmp_path / ".prefect-hpo").exists()

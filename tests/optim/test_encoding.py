@@ -1,7 +1,6 @@
 """The model-space encoding: round trips, shapes, sampling, snapping, constraints, enumeration."""
 
 import itertools
-from collections import Counter
 
 import numpy as np
 import pytest

@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect_hpo.errors import ExperimentNotFoundError, SearchSpaceExhaustedError, SpecError, StorageError
 from prefect_hpo.flows.progress import Progress, notify
-from prefect_hpo.launchers.base import Launcher, TrialState
+from prefect_hpo.launchers.base import Launcher
 from prefect_hpo.launchers.inprocess import InProcessLauncher
 from prefect_hpo.launchers.local import LocalProcessLauncher
 from prefect_hpo.optim.trials import Trial, TrialStatus
