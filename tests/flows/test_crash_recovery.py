@@ -59,7 +59,7 @@ def test_sigkilled_driver_resumes_without_losing_or_repeating_trials(
     spec = make_spec(name, budget={"trials": budget, "max_parallel": 2}, storage=storage)
     (workspace / "spec.json").write_text(json.dumps(spec))
     monkeypatch.setenv("TRIAL_SLEEP", "1.0")
-    monkeypatch.setenv("TRIAL_STEPS", "3")
+    monkeypatch.setenv("TRIAL_STEPS", "4")
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     driver = subprocess.Popen(
         [sys.executable, "-m", "prefect_hpo.cli", "run", "spec.json", "--quiet"],
@@ -80,8 +80,15 @@ def test_sigkilled_driver_resumes_without_losing_or_repeating_trials(
     assert state is not None
     running = [t for t in state.experiment.trials if t.status.value == "running" and t.metadata.get("handle")]
     assert running, "expected a trial still running at the kill"
-    victim = running[0]
-    os.killpg(victim.metadata["handle"]["pgid"], signal.SIGKILL)
+    victim = None
+    for candidate in sorted(running, key=lambda t: t.started_at, reverse=True):  # the youngest is least likely done
+        try:
+            os.killpg(candidate.metadata["handle"]["pgid"], signal.SIGKILL)
+        except ProcessLookupError:  # it finished meanwhile: resume must collect it, not re-run it
+            continue
+        victim = candidate
+        break
+    assert victim is not None, "every trial finished before one could be made to vanish"
     completed_before = {t.index: t.values for t in state.experiment.trials if t.status.value == "completed"}
 
     best = hpo_flow(name=name, storage=storage, resume=True)
@@ -101,7 +108,7 @@ def test_sigkilled_driver_resumes_without_losing_or_repeating_trials(
     starts = Counter(i for kind, i, _, _ in log if kind == "start")
     assert starts[victim.index] == 2  # the vanished one ran again...
     assert exp.trial(victim.index).params == victim.params  # ...with the same parameters
-    for other in running[1:]:  # trials alive at the kill were re-attached, not relaunched
+    for other in (t for t in running if t.index != victim.index):  # re-attached or collected, not relaunched
         assert starts[other.index] == 1
     assert all(starts[i] == 1 for i in completed_before)
 
