@@ -25,8 +25,6 @@ from prefect_hpo.errors import (
     StorageError,
 )
 
-logger = logging.getLogger(__name__)
-
 if TYPE_CHECKING:
     from prefect_hpo.storage.checkpoint import CheckpointStore
 
@@ -93,8 +91,8 @@ def _pid_is_dead(pid: int, pid_start: int | None) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except PermissionError:
-        pass  # exists, owned by someone else
+    except PermissionError:  # it exists, owned by another user: /proc below tells if it is a zombie
+        logger.debug("pid %d exists but belongs to another user", pid)
     stat = _read_proc_stat(pid)
     if stat is None:
         return False

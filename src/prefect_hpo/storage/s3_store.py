@@ -17,7 +17,6 @@ from prefect_hpo.errors import (
     StorageError,
 )
 
-logger = logging.getLogger(__name__)
 
 from prefect_hpo.storage.checkpoint import (
     EXPERIMENT_FILE,
