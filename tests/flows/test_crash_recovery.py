@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from prefect_hpo.errors import LeaseHeldError
 from prefect_hpo.flows.hpo import hpo_flow
 from prefect_hpo.storage.checkpoint import open_store
+from prefect_hpo.storage.lease import _takeover_reason
 from prefect_hpo.storage.state import ExperimentState
 
 pytestmark = pytest.mark.timeout(300)
@@ -68,8 +69,21 @@ def test_sigkilled_driver_resumes_without_losing_or_repeating_trials(
     try:
         state = _wait_for(storage, name, driver)
         # a second driver is refused while the first one lives
-        with pytest.raises(LeaseHeldError):
+        lease_before = open_store(storage).read_lease(name)
+        try:
             hpo_flow(name=name, storage=storage, resume=True)
+        except LeaseHeldError:
+            pass
+        else:  # say why, so a failure on another machine can be understood from its log alone
+            alive = driver.poll() is None
+            if not alive and driver.stdout:
+                output = driver.stdout.read()
+            else:
+                output = "(still running)"
+            reason = _takeover_reason(lease_before, time.time())
+            pytest.fail(f"a second driver was let in; first driver alive: {alive}; lease before: "
+                        f"{lease_before} (judged now: {reason or 'must be respected'}); test pid {os.getpid()}, now {time.time():.1f}; "
+                        f"first driver's output:\n{output}")
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)

@@ -77,6 +77,9 @@ def open_runtime(
     storage_uri = storage or (given.storage if given is not None else DEFAULT_STORAGE)
     store = open_store(storage_uri)
     lease = store.acquire_lease(exp_name, wait_s=lease_wait_s)
+    # Renew from the start: loading state, MLflow's first migrations and reconciling trials can
+    # outlast the TTL on a cold machine, and an expired lease would invite a second driver in.
+    lease.start_heartbeat()
     try:
         state, resuming = _load_state(store, exp_name, given, resume)
         if given is not None and given.storage != storage_uri:
@@ -100,8 +103,8 @@ def open_runtime(
         )
         if resuming:
             _reconcile(runtime)
+        lease.renew()  # also proves the lease is still ours before the first write
         write_checkpoint(runtime)
-        lease.start_heartbeat()
         return runtime
     except BaseException:
         lease.release()
