@@ -140,7 +140,8 @@ class _ProgressDisplay:
         best = "-"
         if p.best_values:
             best = ", ".join(f"{k}={v:.6g}" for k, v in p.best_values.items()) + f" (trial {p.best_index})"
-        line = f"[{p.name}] {p.completed + p.failed}/{p.budget} done ({p.failed} failed), {p.running} running, best {best}"
+        stopped = f", {p.stopped} stopped early" if p.stopped else ""
+        line = f"[{p.name}] {p.completed + p.stopped + p.failed}/{p.budget} done ({p.failed} failed{stopped}), {p.running} running, best {best}"
         if self.live:
             self.stream.write("\r\033[K" + line)
             self.dirty = True
@@ -200,6 +201,8 @@ def _status(args: argparse.Namespace) -> int:
             "params": t.params,
             "values": t.values,
             "failure_reason": t.failure_reason,
+            "stopped_by": t.metadata.get("stopped_by"),
+            "last_step": _last_step(t),
             "attempt": t.metadata.get("attempt", 0),
             "suggester": t.suggester,
             "started_at": t.started_at.isoformat() if t.started_at else None,
@@ -213,11 +216,13 @@ def _status(args: argparse.Namespace) -> int:
         counts[t.status.value] = counts.get(t.status.value, 0) + 1
     best = _best_dict(exp)
     lease = open_store(args.storage).read_lease(args.name)
+    stopping_rule = state.spec.stopping.build().describe()
     if args.json:
         doc = {
             "name": exp.name,
             "objectives": exp.objectives,
             "budget": state.spec.budget.model_dump(),
+            "stopping": {**state.spec.stopping.model_dump(), "rule": stopping_rule},
             "counts": counts,
             "best": best,
             "mlflow": {"tracking_uri": state.tracking_uri, "parent_run_id": state.parent_run_id},
@@ -226,16 +231,19 @@ def _status(args: argparse.Namespace) -> int:
         }
         print(json.dumps(doc, indent=2, default=str))
         return EXIT_OK
-    done = counts.get("completed", 0) + counts.get("failed", 0) + counts.get("abandoned", 0)
+    done = sum(v for k, v in counts.items() if k not in ("pending", "running"))
     print(f"{exp.name}: {done}/{state.spec.budget.trials} trials done " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    if state.spec.stopping.policy != "none":
+        metric, minimize = state.spec.stopping_metric
+        print(f"  stopping: {stopping_rule} on {metric} ({'minimize' if minimize else 'maximize'})")
     if lease:
         print(f"  driven by pid {lease.get('pid')} on {lease.get('host')} (lease until {lease.get('expires_at')})")
     names = exp.space.names
     objectives = list(exp.objectives)
-    header = ["#", "status", *names, *objectives, "reason"]
+    header = ["#", "status", "step", *names, *objectives, "reason"]
     rows = [
-        [str(t["index"]), t["status"], *[_cell(t["params"].get(n)) for n in names],
-         *[_cell((t["values"] or {}).get(o)) for o in objectives], (t["failure_reason"] or "")[:60]]
+        [str(t["index"]), t["status"], _cell(t["last_step"]), *[_cell(t["params"].get(n)) for n in names],
+         *[_cell((t["values"] or {}).get(o)) for o in objectives], _shorten(t["failure_reason"] or "", 100)]
         for t in trials
     ]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
@@ -267,6 +275,16 @@ def _best_dict(exp: Any) -> dict[str, Any] | None:
         return None
     t = exp.best_trial
     return {"index": t.index, "params": t.params, "values": t.values}
+
+
+def _last_step(trial: Any) -> int | None:
+    """The last step the trial reported (how far it trained), None if it reported no step."""
+    steps = [r.get("step") for r in trial.metadata.get("history", []) if r.get("step") is not None]
+    return max(steps) if steps else None
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _cell(v: Any) -> str:

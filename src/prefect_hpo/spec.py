@@ -20,8 +20,9 @@ from prefect_hpo.optim.space import SearchSpace, load_document
 
 if TYPE_CHECKING:
     from prefect_hpo.optim.experiment import Experiment
+    from prefect_hpo.optim.stopping import StoppingPolicy
 
-__all__ = ["BudgetSpec", "ExperimentSpec", "TrialSpec", "load_spec"]
+__all__ = ["BudgetSpec", "ExperimentSpec", "StoppingSpec", "TrialSpec", "load_spec"]
 
 DEFAULT_STORAGE = "file://.prefect-hpo"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -90,6 +91,39 @@ class TrialSpec(_Strict):
         return self.callable is not None and not isinstance(self.callable, str)
 
 
+class StoppingSpec(_Strict):
+    """Which early-stopping policy watches the learning curves, and its settings.
+
+    The settings are handed to the policy only when given, so each policy keeps its own
+    defaults and refuses settings it does not use (``threshold`` means nothing to ``asha``).
+    """
+
+    policy: str = Field(default="none", description="none | median | percentile | threshold | asha | hyperband")
+    metric: str | None = Field(default=None, description="the reported metric the policy watches; default: the first objective")
+    mode: Literal["minimize", "maximize"] | None = Field(
+        default=None, description="which way the metric is better; default: its objective's direction"
+    )
+    min_steps: int | None = Field(default=None, ge=1, description="warm-up steps (asha/hyperband: the first rung)")
+    max_steps: int | None = Field(default=None, ge=1, description="the most steps a trial trains")
+    reduction_factor: int | None = Field(default=None, ge=2, description="asha/hyperband: keep the best 1/eta at each rung")
+    percentile: float | None = Field(default=None, gt=0, le=100, description="percentile: keep trials within the best p%")
+    threshold: float | None = Field(default=None, description="threshold: stop a trial whose metric is worse than this")
+    min_trials: int | None = Field(default=None, ge=1, description="median/percentile: other trials needed before acting")
+    resource: str | None = Field(
+        default=None, description="name of the parameter that hands the trial its step budget (max_steps), e.g. epochs"
+    )
+
+    def settings(self) -> dict[str, Any]:
+        names = ("min_steps", "max_steps", "reduction_factor", "percentile", "threshold", "min_trials")
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+
+    def build(self) -> StoppingPolicy:
+        """A fresh policy object (policies may keep state, so each driver builds its own)."""
+        from prefect_hpo.optim.stopping import make_policy
+
+        return make_policy(self.policy, **self.settings())
+
+
 class ExperimentSpec(_Strict):
     """A whole experiment; see ``examples/quickstart.yaml`` for the contract example."""
 
@@ -102,6 +136,7 @@ class ExperimentSpec(_Strict):
     seed: int | None = Field(default=None, ge=0)
     budget: BudgetSpec
     trial: TrialSpec
+    stopping: StoppingSpec = Field(default_factory=StoppingSpec)
     storage: str = DEFAULT_STORAGE
     tracking_uri: str | None = None
 
@@ -131,14 +166,40 @@ class ExperimentSpec(_Strict):
             space = SearchSpace.parse(self.parameters, self.parameter_constraints or None)
         except SearchSpaceError as exc:
             raise SpecError(f"parameters: {exc}") from None
+        self._check_stopping(space)
         placeholders = set(re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", self.trial.command or ""))
-        unknown = sorted(placeholders - set(space.names))
+        unknown = sorted(placeholders - set(space.names) - {self.stopping.resource})
         if unknown:
             raise SpecError(
                 f"trial.command: placeholder(s) {', '.join('{' + u + '}' for u in unknown)} name no parameter "
                 f"(parameters: {', '.join(space.names)})"
             )
         return self
+
+    def _check_stopping(self, space: SearchSpace) -> None:
+        stopping = self.stopping
+        if stopping.metric is not None and stopping.metric not in self.objectives and stopping.mode is None:
+            raise SpecError(
+                f"stopping.mode: required when stopping.metric ({stopping.metric!r}) is not an objective "
+                f"(objectives: {', '.join(self.objectives)})"
+            )
+        policy = stopping.build()  # the policy validates its own settings, naming them
+        if stopping.resource is not None:
+            if policy.max_steps is None:
+                raise SpecError(f"stopping.resource: {stopping.resource!r} needs stopping.max_steps (the value it hands the trial)")
+            param = space[stopping.resource] if stopping.resource in space.names else None
+            if param is not None and param.type != "fixed":
+                raise SpecError(
+                    f"stopping.resource: {stopping.resource!r} is a searched parameter; the policy sets the resource, "
+                    "so name a parameter that is not searched (or a fixed one)"
+                )
+
+    @property
+    def stopping_metric(self) -> tuple[str, bool]:
+        """The metric the stopping policy watches and whether smaller is better."""
+        metric = self.stopping.metric or next(iter(self.objectives))
+        mode = self.stopping.mode or self.objectives[metric]
+        return metric, mode == "minimize"
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod

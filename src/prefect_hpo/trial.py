@@ -31,7 +31,7 @@ from typing import Any, TextIO
 
 from prefect_hpo.errors import TrialError
 
-__all__ = ["PARAMS_ENV", "REPORT_PREFIX", "Report", "get_params", "parse_report_line", "report"]
+__all__ = ["PARAMS_ENV", "REPORT_PREFIX", "Report", "TrialStopped", "get_params", "parse_report_line", "report"]
 
 PARAMS_ENV = "PREFECT_HPO_PARAMS"
 
@@ -39,6 +39,14 @@ PARAMS_ENV = "PREFECT_HPO_PARAMS"
 _IN_PROCESS_PARAMS: ContextVar[dict[str, Any] | None] = ContextVar("prefect_hpo_params", default=None)
 _IN_PROCESS_SINK: ContextVar[Callable[[Report], None] | None] = ContextVar("prefect_hpo_report_sink", default=None)
 REPORT_PREFIX = "PREFECT_HPO_REPORT "
+
+
+class TrialStopped(Exception):
+    """Raised by :func:`report` inside an in-process trial that was stopped (by a stopping policy
+    or its timeout): a thread cannot be killed, so its next report unwinds it instead.
+
+    Let it propagate; a process trial never sees it (its process group is killed).
+    """
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,8 @@ def report(step: int | None = None, *, stream: TextIO | None = None, **metrics: 
     """Report metrics of the running trial: one protocol line, flushed at once.
 
     Inside an in-process trial (a callable object run on a thread of the flow) the report goes
-    straight to that trial's collector instead, since threads share one stdout.
+    straight to that trial's collector instead, since threads share one stdout; there it raises
+    :class:`TrialStopped` once the trial has been stopped.
     """
     checked = Report(step=_check_step(step), metrics=_check_metrics(metrics))
     sink = _IN_PROCESS_SINK.get()

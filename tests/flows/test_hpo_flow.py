@@ -220,8 +220,7 @@ def test_intermediate_reports_are_seen_while_the_trial_runs(workspace: Path, mon
             seen.extend(len(h.values) for h in histories if h.running and h.values)
             return []
 
-    original = driver.HPORuntime
-    monkeypatch.setattr(driver, "HPORuntime", lambda **kw: original(**kw, policy=RecordingPolicy()))
+    monkeypatch.setattr(driver, "_stopping_policy", lambda state: RecordingPolicy())
     hpo_flow(spec=make_spec("curves", budget={"trials": 1, "max_parallel": 1}))
     assert seen and min(seen) < 4, f"the policy never saw a partial curve: {seen}"
 

@@ -171,7 +171,9 @@ def test_abandon(exp):
 
 
 def test_status_properties():
-    assert {s for s in TrialStatus if s.is_terminal} == {TrialStatus.COMPLETED, TrialStatus.FAILED, TrialStatus.ABANDONED}
+    assert {s for s in TrialStatus if s.is_terminal} == {
+        TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED, TrialStatus.FAILED, TrialStatus.ABANDONED
+    }
     assert {s for s in TrialStatus if s.in_flight} == {TrialStatus.PENDING, TrialStatus.RUNNING}
     assert TrialStatus("running") is TrialStatus.RUNNING
 
@@ -528,3 +530,50 @@ def test_from_json_refuses_trial_params_outside_the_space():
     doc["trials"][0]["params"]["x"] = 99.0  # bounds are [0, 10]
     with pytest.raises(SerializationError, match="trial 0.*'x'"):
         Experiment.from_dict(doc)
+
+
+# ---- early-stopped trials -------------------------------------------------------------------
+
+
+def _stopped_experiment():
+    exp = Experiment("es", [{"name": "x", "type": "range", "bounds": [0.0, 1.0]}], {"loss": "minimize"}, algorithm="random", seed=0)
+    trials = exp.ask(3)
+    for t in trials:
+        exp.mark_running(t.index)
+    return exp, trials
+
+
+def test_stop_early_keeps_the_last_value_for_the_model_but_never_makes_it_best():
+    exp, (a, b, c) = _stopped_experiment()
+    exp.tell(a.index, {"loss": 0.5})
+    stopped = exp.stop_early(b.index, {"loss": 0.1}, "asha on loss: ranks 3 of 3")  # better-looking, but cut short
+    assert stopped.status is TrialStatus.EARLY_STOPPED and stopped.status.is_terminal
+    assert stopped.values == {"loss": 0.1} and stopped.failure_reason == "asha on loss: ranks 3 of 3"
+    assert exp.best_trial.index == a.index  # only trials that ran to the end can be best
+    obs = exp.observations()
+    assert len(obs.X) == 2 and sorted(obs.Y[:, 0]) == [-0.5, -0.1]  # both feed the model
+    assert len(obs.X_pending) == 1  # c still runs
+    with pytest.raises(TrialError, match="already early_stopped"):
+        exp.tell(b.index, 1.0)
+
+
+def test_stop_early_without_a_finite_value_stays_out_of_the_model():
+    exp, (a, b, c) = _stopped_experiment()
+    exp.stop_early(a.index, None, "threshold on loss: never reported")
+    exp.stop_early(b.index, {"loss": float("nan")}, "median on loss: diverged")
+    assert exp.trial(a.index).values is None and exp.trial(b.index).values is None
+    obs = exp.observations()
+    assert len(obs.X) == 0 and len(obs.X_failed) == 2
+    with pytest.raises(TrialError, match="reason"):
+        exp.stop_early(c.index, {"loss": 1.0}, "")
+    with pytest.raises(NoCompletedTrialsError):
+        exp.best_trial
+
+
+def test_early_stopped_trials_survive_the_json_round_trip():
+    exp, (a, b, _) = _stopped_experiment()
+    exp.stop_early(a.index, {"loss": 0.3}, "median on loss: worse than the median")
+    again = Experiment.from_json(exp.to_json())
+    t = again.trial(a.index)
+    assert t.status is TrialStatus.EARLY_STOPPED and t.values == {"loss": 0.3}
+    assert t.failure_reason == "median on loss: worse than the median"

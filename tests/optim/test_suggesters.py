@@ -33,7 +33,13 @@ CONSTRAINTS = ["x1 + x2 <= 1.2"]
 
 # Small GP budgets keep each model-based suggestion well under a second on a busy 2-core machine.
 FAST_GP = {"num_restarts": 2, "raw_samples": 64}
-OPTIONS = {"gp": FAST_GP, "auto": {"n_initial": 3, **FAST_GP}}
+# The bandit needs a finite list of arms, and MIXED is continuous: eight feasible candidates.
+BANDIT_CANDIDATES = [
+    {"x1": 0.1 * i, "x2": 0.05 * i, "lr": 10.0 ** (-4 + 3 * i / 7), "layers": 1 + i % 6,
+     "batch": (16, 32, 64)[i % 3], "opt": ("adam", "sgd", "rmsprop")[i % 3], "epochs": 10}
+    for i in range(8)
+]
+OPTIONS = {"gp": FAST_GP, "auto": {"n_initial": 3, **FAST_GP}, "bandit": {"candidates": BANDIT_CANDIDATES}}
 
 
 def mixed_objective(p):
@@ -123,7 +129,7 @@ def test_suggestions_are_reproducible_for_a_seed(algorithm):
     assert [t.params for t in a.ask(3)] == [t.params for t in b.ask(3)]
 
 
-@pytest.mark.parametrize("algorithm", [a for a in ALL if a not in ("gp", "auto")])
+@pytest.mark.parametrize("algorithm", [a for a in ALL if a not in ("gp", "auto", "bandit")])
 def test_model_free_suggesters_work_with_several_objectives(algorithm):
     exp = Experiment(
         "mo", MIXED, objectives={"loss": "minimize", "acc": "maximize"}, algorithm=algorithm, seed=0,

@@ -18,6 +18,7 @@ from prefect_hpo.flows.progress import Progress, notify
 from prefect_hpo.launchers.base import Launcher
 from prefect_hpo.launchers.inprocess import InProcessLauncher
 from prefect_hpo.launchers.local import LocalProcessLauncher
+from prefect_hpo.optim.stopping import StoppingPolicy
 from prefect_hpo.optim.trials import Trial, TrialStatus
 from prefect_hpo.spec import DEFAULT_STORAGE, IN_PROCESS, ExperimentSpec, load_spec
 from prefect_hpo.storage.checkpoint import CheckpointStore, open_store
@@ -99,6 +100,7 @@ def open_runtime(
             tracker=tracker,
             launcher=launcher,
             trials_dir=trials_dir_for(storage_uri, exp_name),
+            policy=_stopping_policy(state),
             resuming=resuming,
         )
         if resuming:
@@ -109,6 +111,18 @@ def open_runtime(
     except BaseException:
         lease.release()
         raise
+
+
+def _stopping_policy(state: ExperimentState) -> StoppingPolicy:
+    """The spec's policy, with the memory it had when the checkpoint was written (if unchanged)."""
+    policy = state.spec.stopping.build()
+    saved = state.stopping or {}
+    if saved.get("policy") == policy.describe():
+        policy.load_state_dict(saved.get("state") or {})
+    elif saved:
+        logger.warning("stopping policy changed from %s to %s: it starts with no memory of earlier rungs",
+                       saved.get("policy"), policy.describe())
+    return policy
 
 
 def _launcher_for(spec: ExperimentSpec) -> Launcher:
@@ -217,9 +231,9 @@ def drive(runtime: HPORuntime) -> None:
                     # announce one at a time: trials settled later in this batch are not counted yet
                     _notify(runtime, f"trial {outcome.index} {outcome.status}{detail}", later=[o.index for o in ended[k + 1:]])
                 dirty = True
-                for decision in decide_stop(runtime):
+                for decision in decide_stop(runtime):  # kills them; their slots are free below
                     close_trial_run(runtime, decision.index)
-                    _notify(runtime, f"trial {decision.index} stopped: {decision.reason}")
+                    _notify(runtime, f"trial {decision.index} stopped early ({decision.reason})")
         if runtime.wall_time_spent():
             for index in waiting:
                 exp.abandon(index, "the wall-clock budget was spent before it could start")
@@ -288,6 +302,7 @@ def _notify(runtime: HPORuntime, event: str, later: Sequence[int] = ()) -> None:
             best_index=best_index,
             best_values=best_values,
             event=event,
+            stopped=counts[TrialStatus.EARLY_STOPPED],
         )
     )
 

@@ -25,6 +25,7 @@ class Progress:
     best_index: int | None
     best_values: dict[str, float] | None
     event: str  # one line about what just happened
+    stopped: int = 0  # ended early by the stopping policy
 
 
 _listeners: list[Callable[[Progress], None]] = []

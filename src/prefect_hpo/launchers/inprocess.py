@@ -3,7 +3,8 @@ a thread of the flow's own process.
 
 This is for objectives that cannot be imported by name from a fresh process. The price of
 sharing the process: a thread cannot be killed, so a timed-out or stopped trial is recorded
-failed at once but its code runs on in the background until it returns; ``CUDA_VISIBLE_DEVICES``
+at once but its code runs on until its next ``report()`` (which raises ``TrialStopped``) or
+until it returns; ``CUDA_VISIBLE_DEVICES``
 and ``MLFLOW_RUN_ID`` cannot differ per thread, so GPU slots are refused and the trial's MLflow
 run is filled by the flow only; and a killed flow loses its in-process trials (resume re-runs
 them). Anything importable (``package.module:function``) runs as a process instead.
@@ -23,7 +24,7 @@ from typing import Any
 
 from prefect_hpo.errors import SpecError, TrialError
 from prefect_hpo.launchers.base import LaunchRequest, Launcher, PollResult, TrialState
-from prefect_hpo.trial import _IN_PROCESS_PARAMS, _IN_PROCESS_SINK, Report
+from prefect_hpo.trial import _IN_PROCESS_PARAMS, _IN_PROCESS_SINK, Report, TrialStopped
 
 __all__ = ["InProcessLauncher"]
 
@@ -74,6 +75,8 @@ class InProcessLauncher(Launcher):
 
         def sink(report: Report) -> None:
             with attempt.lock:
+                if attempt.outcome is not None:  # stopped or timed out: unwind the thread
+                    raise TrialStopped(attempt.reason or "stopped")
                 attempt.reports.append(report)
             self._changed.set()
 
@@ -85,6 +88,8 @@ class InProcessLauncher(Launcher):
             if final:
                 sink(Report(step=None, metrics=final))
             outcome, reason = TrialState.SUCCEEDED, None
+        except TrialStopped:  # the outcome was set by whoever stopped it
+            outcome, reason = TrialState.FAILED, "stopped"
         except Exception as exc:  # the trial's own failure, recorded as its result
             attempt.log.write_text(traceback.format_exc())
             outcome, reason = TrialState.FAILED, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -109,7 +114,7 @@ class InProcessLauncher(Launcher):
         with attempt.lock:
             if attempt.outcome is None and attempt.timeout_s is not None and time.time() - attempt.started > attempt.timeout_s:
                 attempt.outcome = TrialState.FAILED
-                attempt.reason = f"timed out after {attempt.timeout_s:g} s (its thread cannot be killed and runs on in the background)"
+                attempt.reason = f"timed out after {attempt.timeout_s:g} s (its thread stops at its next report)"
             new = attempt.reports[attempt.delivered:]
             attempt.delivered = len(attempt.reports)
             state = attempt.outcome or TrialState.RUNNING
@@ -121,7 +126,7 @@ class InProcessLauncher(Launcher):
             return
         with attempt.lock:
             if attempt.outcome is None:
-                attempt.outcome, attempt.reason = TrialState.FAILED, f"{reason} (its thread runs on in the background)"
+                attempt.outcome, attempt.reason = TrialState.FAILED, f"{reason} (its thread stops at its next report)"
 
     def reattach(self, handle: dict[str, Any]) -> bool:
         return handle["key"] in self._attempts and self._attempts[handle["key"]].outcome is None

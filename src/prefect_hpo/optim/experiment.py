@@ -171,6 +171,25 @@ class Experiment:
         trial.values = checked
         return self._finish(trial, TrialStatus.COMPLETED)
 
+    def stop_early(self, index: int, values: Mapping[str, float] | float | None, reason: str) -> Trial:
+        """Record that a stopping policy ended a running trial, with the last values it reported.
+
+        Like Ax, the optimizer learns from those values: a curve cut short reports a worse value
+        than it would have reached, which steers the model away from that region, exactly where
+        the policy judged it hopeless. They never make the trial the best one (:attr:`best_trial`
+        only considers trials that ran to the end). Values that are missing or not finite (a
+        curve that diverged) keep the trial out of the model, as for a failed one.
+        """
+        trial = self.trial(index)
+        if trial.status.is_terminal:
+            raise TrialError(f"trial {index}: already {trial.status.value}; a trial is told only once")
+        if not isinstance(reason, str) or not reason:
+            raise TrialError(f"trial {index}: stop_early needs the reason it was stopped")
+        checked = None if values is None else self._check_values(index, values)
+        if checked is not None and all(math.isfinite(v) for v in checked.values()):
+            trial.values = checked
+        return self._finish(trial, TrialStatus.EARLY_STOPPED, reason=reason)
+
     def abandon(self, index: int, reason: str | None = None) -> Trial:
         """Give up on an in-flight trial (it will never report); it stops counting as pending."""
         trial = self.trial(index)
@@ -222,7 +241,10 @@ class Experiment:
 
     @property
     def best_trial(self) -> Trial:
-        """The completed trial with the best objective value (earliest wins a tie)."""
+        """The completed trial with the best objective value (earliest wins a tie).
+
+        Early-stopped trials are left out: their values are from a shorter training run.
+        """
         if self.is_multi_objective:
             raise SpecError(
                 f"experiment {self.name!r}: has {len(self.objectives)} objectives, so no single best trial; "
@@ -243,7 +265,10 @@ class Experiment:
         """The read-only view that suggesters see."""
         by_status: dict[str, list[Trial]] = {"done": [], "flight": [], "failed": []}
         for t in self._trials:
-            key = "done" if t.status is TrialStatus.COMPLETED else "flight" if t.status.in_flight else "failed"
+            if t.status is TrialStatus.COMPLETED or (t.status is TrialStatus.EARLY_STOPPED and t.values):
+                key = "done"
+            else:
+                key = "flight" if t.status.in_flight else "failed"
             by_status[key].append(t)
         done = by_status["done"]
         signs = np.array([1.0 if d == "maximize" else -1.0 for d in self.objectives.values()])

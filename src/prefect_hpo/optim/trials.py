@@ -1,8 +1,9 @@
 """Trials and their life cycle.
 
 A trial is born *pending* when the experiment suggests it, becomes *running* when something
-launches it, and ends *completed*, *failed* or *abandoned*. Pending and running trials are both
-"in flight": the optimizer treats them as pending points so parallel suggestions spread out.
+launches it, and ends *completed*, *early_stopped* (a stopping policy ended it; it keeps the
+last values it reported), *failed* or *abandoned*. Pending and running trials are both "in
+flight": the optimizer treats them as pending points so parallel suggestions spread out.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ class TrialStatus(str, Enum):
     PENDING = "pending"
     RUNNING = "running"
     COMPLETED = "completed"
+    EARLY_STOPPED = "early_stopped"
     FAILED = "failed"
     ABANDONED = "abandoned"
 
     @property
     def is_terminal(self) -> bool:
-        return self in (TrialStatus.COMPLETED, TrialStatus.FAILED, TrialStatus.ABANDONED)
+        return self in (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED, TrialStatus.FAILED, TrialStatus.ABANDONED)
 
     @property
     def in_flight(self) -> bool:
@@ -41,7 +43,9 @@ def utcnow() -> datetime:
 class Trial:
     """One evaluation of the objective at ``params``.
 
-    ``values`` holds one number per objective once the trial completed, else None.
+    ``values`` holds one number per objective once the trial completed (for an early-stopped
+    trial: the last value it reported), else None. ``failure_reason`` says why a trial ended
+    without completing: the error of a failed one, the policy's reason for an early-stopped one.
     ``suggester`` names the algorithm that proposed the point ("sobol", "gp", "manual", ...), so
     a benchmark or a user can tell the initial design from model-based suggestions.
     ``metadata`` is free-form JSON for the layers above (launcher handles, run ids).

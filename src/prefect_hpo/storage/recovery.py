@@ -45,6 +45,9 @@ def rebuild_from_mlflow(tracker: MlflowTracker, spec: ExperimentSpec | None = No
         if rec.status == "completed" and rec.values:
             exp.mark_running(trial.index)
             exp.tell(trial.index, rec.values)
+        elif rec.status == "early_stopped":
+            exp.mark_running(trial.index)
+            exp.stop_early(trial.index, rec.values, rec.failure_reason or "stopped early")
         elif rec.status == "failed":
             exp.mark_running(trial.index)
             exp.tell(trial.index, failed=rec.failure_reason or "failed")

@@ -32,6 +32,9 @@ class ExperimentState:
     experiment: Experiment
     parent_run_id: str | None = None
     tracking_uri: str | None = None
+    #: The stopping policy's memory (``{"policy": its describe() line, "state": state_dict()}``):
+    #: ASHA must remember who reached a rung first to judge the same way after a resume.
+    stopping: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         doc = {
@@ -41,6 +44,7 @@ class ExperimentState:
             "spec": self.spec.to_dict(),
             "mlflow": {"tracking_uri": self.tracking_uri, "parent_run_id": self.parent_run_id},
             "experiment": self.experiment.to_dict(),
+            "stopping": self.stopping,
         }
         return json.dumps(doc, allow_nan=False, separators=(",", ":"))
 
@@ -65,7 +69,10 @@ class ExperimentState:
             raise CorruptCheckpointError(f"checkpoint {location}: missing {exc.args[0]!r}; it was left untouched") from None
         except (SerializationError, SpecError) as exc:
             raise CorruptCheckpointError(f"checkpoint {location}: {exc}; it was left untouched") from None
-        return cls(spec, experiment, mlflow.get("parent_run_id"), mlflow.get("tracking_uri"))
+        stopping = doc.get("stopping")
+        if stopping is not None and not isinstance(stopping, dict):
+            raise CorruptCheckpointError(f"checkpoint {location}: 'stopping' is not an object; it was left untouched")
+        return cls(spec, experiment, mlflow.get("parent_run_id"), mlflow.get("tracking_uri"), stopping)
 
 
 def json_safe_metrics(metrics: dict[str, float]) -> dict[str, float | str]:

@@ -73,14 +73,22 @@ SUGGESTER_TAG = "prefect_hpo.suggester"
 STATUS_TAG = "prefect_hpo.status"
 ATTEMPT_TAG = "prefect_hpo.attempt"
 REASON_TAG = "prefect_hpo.failure_reason"
+STOPPED_BY_TAG = "prefect_hpo.stopped_by"
 VALUES_TAG = "prefect_hpo.values"
 BEST_PARAMS_TAG = "prefect_hpo.best_params"
 # A params JSON too long for a tag is stored as this artifact; the tag then holds the marker.
 _PARAMS_ARTIFACT = "prefect_hpo/params.json"
 _ARTIFACT_MARKER = "@artifact:"
 
-_TERMINAL = {"completed": RunStatus.FINISHED, "failed": RunStatus.FAILED, "abandoned": RunStatus.KILLED}
-_STATUSES = {"pending", "running", "completed", "failed", "abandoned"}
+# An early-stopped trial's run is KILLED in MLflow's terms (the UI shows it as stopped, not failed);
+# the prefect_hpo.status tag keeps the exact status and prefect_hpo.stopped_by the policy.
+_TERMINAL = {
+    "completed": RunStatus.FINISHED,
+    "early_stopped": RunStatus.KILLED,
+    "failed": RunStatus.FAILED,
+    "abandoned": RunStatus.KILLED,
+}
+_STATUSES = {"pending", "running", "completed", "early_stopped", "failed", "abandoned"}
 # Used only when a child run has no (valid) status tag, e.g. one created by hand.
 _FROM_MLFLOW_STATUS = {
     "RUNNING": "running",
@@ -356,8 +364,12 @@ class MlflowTracker:
         failure_reason: str | None = None,
         log_file: Path | None = None,
         attempt: int = 1,
+        stopped_by: str | None = None,
     ) -> None:
         """Close the trial's run: one log_batch, set_terminated, and the log upload (if any).
+
+        ``stopped_by`` names the stopping policy (with its settings) that ended the trial; the
+        reason it gave is ``failure_reason``.
 
         Final ``values`` are kept exactly in the ``prefect_hpo.values`` tag (what ``trial_records``
         reads) and are logged as metrics under the objective names only where they differ from the
@@ -370,6 +382,8 @@ class MlflowTracker:
             RunTag(ATTEMPT_TAG, str(attempt)),
             RunTag(REASON_TAG, _truncate(failure_reason or "", _MAX_TAG_VALUE)),
         ]
+        if stopped_by:
+            tags.append(RunTag(STOPPED_BY_TAG, _truncate(stopped_by, _MAX_TAG_VALUE)))
         metrics: list[Metric] = []
         with self._lock:
             step_max = self._max_step.pop(run_id, -1)

@@ -20,7 +20,7 @@ from prefect_hpo.optim.trials import TrialStatus
 from prefect_hpo.spec import IN_PROCESS, TrialSpec
 from prefect_hpo.tasks.runtime import HPORuntime
 
-__all__ = ["build_command", "launch_trial"]
+__all__ = ["build_command", "launch_trial", "trial_params"]
 
 logger = logging.getLogger(__name__)
 HANDLE_FILE = "handle.json"
@@ -51,6 +51,16 @@ def _path_with_this_python() -> str:
     here = os.path.dirname(sys.executable)
     path = os.environ.get("PATH", "")
     return path if path.split(os.pathsep)[0] == here else os.pathsep.join([here, path])
+
+
+def trial_params(runtime: HPORuntime, index: int) -> dict[str, Any]:
+    """The trial's parameters plus, when the spec names one, its resource (``stopping.resource``):
+    the step budget the stopping policy gives it, e.g. ``epochs=27`` for ASHA with max_steps 27."""
+    params = dict(runtime.experiment.trial(index).params)
+    resource = runtime.spec.stopping.resource
+    if resource is not None:
+        params[resource] = runtime.policy.resource_for(index)
+    return params
 
 
 @task(name="launch_trial", task_run_name="launch-trial-{index}", cache_policy=NO_CACHE, persist_result=False)
@@ -84,12 +94,13 @@ def launch_trial(runtime: HPORuntime, index: int) -> dict[str, Any] | None:
     }
     if run_id:
         env["MLFLOW_RUN_ID"] = run_id
+    params = trial_params(runtime, index)
     request = LaunchRequest(
         experiment=spec.name,
         index=index,
         attempt=attempt,
-        command=build_command(spec.trial, trial.params),
-        params=dict(trial.params),
+        command=build_command(spec.trial, params),
+        params=params,
         env=env,
         workdir=runtime.attempt_dir(index, attempt),
         cwd=Path(spec.trial.cwd) if spec.trial.cwd else None,

@@ -95,6 +95,7 @@ def close_trial_run(runtime: HPORuntime, index: int) -> None:
             failure_reason=trial.failure_reason,
             log_file=log if log.exists() else None,
             attempt=attempt,
+            stopped_by=trial.metadata.get("stopped_by"),
         )
     except StorageError as exc:
         logger.warning("trial %d: MLflow run not closed: %s", index, exc)

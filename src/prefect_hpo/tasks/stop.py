@@ -1,37 +1,89 @@
-"""The ``decide_stop`` task: ask the stopping policy which running trials to stop, and stop them."""
+"""The ``decide_stop`` task: ask the stopping policy which running trials to stop, and stop them.
+
+It runs after every poll that brought news, so the time from the report that condemns a trial
+to its kill is at most one poll interval (``trial.poll_interval_s``, 1 s by default) plus the
+kill itself: SIGTERM to the trial's process group, SIGKILL after the launcher's grace period.
+The kill returns once the processes are gone, so the trial's GPUs are free for the very next
+launch in the same loop iteration.
+"""
 
 from __future__ import annotations
+
+import logging
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from prefect_hpo.errors import StorageError
+from prefect_hpo.launchers.base import TrialState
 from prefect_hpo.optim.stopping import MetricHistory, StopDecision
-from prefect_hpo.optim.trials import TrialStatus
-from prefect_hpo.tasks.runtime import HPORuntime, trial_history
+from prefect_hpo.optim.trials import Trial, TrialStatus
+from prefect_hpo.storage.state import json_safe_metrics
+from prefect_hpo.tasks.runtime import HPORuntime, final_values, trial_history
+from prefect_hpo.trial import Report
 
-__all__ = ["decide_stop"]
+__all__ = ["decide_stop", "learning_curves"]
+
+logger = logging.getLogger(__name__)
+
+#: Trials whose curves the policy sees; failed ones are left out (a crash says nothing about
+#: how good the configuration is, and a diverged curve already failed the trial).
+_EVIDENCE = (TrialStatus.RUNNING, TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED)
+
+
+def learning_curves(trials: tuple[Trial, ...], metric: str) -> list[MetricHistory]:
+    """The watched metric of every running or finished trial, step by step (the last report of a
+    step wins; reports without a step are final values, not points of the curve)."""
+    histories = []
+    for trial in trials:
+        if trial.status in _EVIDENCE:
+            curve = {step: m[metric] for step, m in trial_history(trial) if step is not None and metric in m}
+            histories.append(MetricHistory(trial.index, curve, running=trial.status is TrialStatus.RUNNING))
+    return histories
 
 
 @task(name="decide_stop", cache_policy=NO_CACHE, persist_result=False)
 def decide_stop(runtime: HPORuntime) -> list[StopDecision]:
-    """Run the policy on the learning curves of the watched metric (the first objective).
+    """Run the policy on the learning curves, kill the trials it picks, record them early-stopped.
 
-    The policy only decides; killing the process group here frees the trial's GPUs at once.
+    Returns the decisions that were carried out. A trial that ended on its own between the poll
+    and the kill keeps its real outcome; the next poll settles it as usual.
     """
-    exp = runtime.experiment
-    metric, direction = next(iter(exp.objectives.items()))
-    histories = []
-    for trial in exp.trials:
-        if trial.status in (TrialStatus.RUNNING, TrialStatus.COMPLETED):
-            curve = {step: m[metric] for step, m in trial_history(trial) if step is not None and metric in m}
-            histories.append(MetricHistory(trial.index, curve, running=trial.status is TrialStatus.RUNNING))
-    decisions = runtime.policy.decide(histories, minimize=direction == "minimize")
+    exp, policy = runtime.experiment, runtime.policy
+    metric, minimize = runtime.spec.stopping_metric
+    decisions = policy.decide(learning_curves(exp.trials, metric), minimize=minimize)
+    runtime.state.stopping = {"policy": policy.describe(), "state": policy.state_dict()}
+    carried_out = []
     for decision in decisions:
         trial = exp.trial(decision.index)
         handle = trial.metadata.get("handle")
         if trial.status is not TrialStatus.RUNNING or handle is None:
             continue
-        runtime.launcher.kill(handle, reason=decision.reason)
+        reason = f"{policy.name} on {metric}: {decision.reason}"
+        runtime.launcher.kill(handle, reason=reason)
+        result = runtime.launcher.poll(handle)  # what it reported between the poll and the kill
+        _absorb(runtime, trial, result.reports)
+        if result.state is not TrialState.FAILED or not (result.reason or "").startswith(reason):
+            logger.info("trial %d ended on its own before the %s policy stopped it", trial.index, policy.name)
+            continue
         trial.metadata["handle"] = None
-        exp.tell(decision.index, failed=f"stopped by policy {runtime.policy.name!r}: {decision.reason}")
-    return decisions
+        trial.metadata["stopped_by"] = policy.describe()
+        values, missing = final_values(trial, list(exp.objectives))
+        exp.stop_early(trial.index, None if missing else values, reason)
+        logger.info("trial %d stopped early: %s", trial.index, reason)
+        carried_out.append(StopDecision(trial.index, reason))
+    return carried_out
+
+
+def _absorb(runtime: HPORuntime, trial: Trial, reports: list[Report]) -> None:
+    if not reports:
+        return
+    trial.metadata.setdefault("history", []).extend(
+        {"step": r.step, "metrics": json_safe_metrics(r.metrics)} for r in reports
+    )
+    run_id = trial.metadata.get("run_id")
+    if run_id:
+        try:
+            runtime.tracker.log_reports(run_id, reports)
+        except StorageError as exc:
+            logger.warning("trial %d: metrics not logged to MLflow: %s", trial.index, exc)

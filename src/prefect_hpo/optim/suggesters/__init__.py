@@ -11,6 +11,7 @@ from typing import Any
 from prefect_hpo.errors import SpecError
 from prefect_hpo.optim.encoding import SpaceEncoder
 from prefect_hpo.optim.suggesters.auto import AutoSuggester
+from prefect_hpo.optim.suggesters.bandit import BanditSuggester
 from prefect_hpo.optim.suggesters.base import Observations, Suggester, Suggestion, sample_feasible
 from prefect_hpo.optim.suggesters.gp import GPSuggester
 from prefect_hpo.optim.suggesters.grid import GridSuggester
@@ -19,6 +20,7 @@ from prefect_hpo.optim.suggesters.sobol import SobolSuggester
 
 __all__ = [
     "AutoSuggester",
+    "BanditSuggester",
     "GPSuggester",
     "GridSuggester",
     "Observations",
@@ -61,5 +63,5 @@ def make_suggester(name: str, encoder: SpaceEncoder, *, seed: int, options: dict
         raise SpecError(f"algorithm {name!r}: bad algorithm_options {options}: {exc}") from None
 
 
-for _cls in (AutoSuggester, GPSuggester, GridSuggester, RandomSuggester, SobolSuggester):
+for _cls in (AutoSuggester, BanditSuggester, GPSuggester, GridSuggester, RandomSuggester, SobolSuggester):
     register_suggester(_cls)

@@ -1,19 +1,31 @@
-"""``auto``: a Sobol initial design, then GP Bayesian optimization.
+"""``auto``: a bandit for a few discrete configurations, else a Sobol initial design then GP BO.
 
-Rule: the first ``max(5, 2 * d)`` trials (d = number of searched parameters) come from a
-scrambled Sobol sequence, the rest from the ``gp`` suggester. This is Ax's recipe; 2·d points
-are enough for a first estimate of one lengthscale per dimension, and 5 keeps tiny spaces from
-trusting a model fitted to two points.
+Rule, decided once from the space and the options:
+
+* ``bandit`` (empirical-Bayes Thompson sampling, every arm tried once first) when
+  ``algorithm_options.candidates`` is given, or when every searched parameter is a choice (fixed
+  parameters allowed) and the space has at most ``BANDIT_MAX_ARMS`` (64) configurations. Such a
+  space is a short list of unrelated configurations: a GP over category codes has nothing
+  smooth to exploit and a lot of hyperparameters to fit, while a bandit needs no assumption
+  beyond "each configuration has a mean" and copes with noise by replication. This is Ax's
+  choice for discrete designs. ``n_initial`` and the GP options are then unused;
+* otherwise the first ``max(5, 2 * d)`` trials (d = number of searched parameters) come from a
+  scrambled Sobol sequence, the rest from the ``gp`` suggester. This is Ax's recipe; 2·d points
+  are enough for a first estimate of one lengthscale per dimension, and 5 keeps tiny spaces from
+  trusting a model fitted to two points.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from prefect_hpo.optim.encoding import SpaceEncoder
+from prefect_hpo.optim.space import ChoiceParameter, FixedParameter
+from prefect_hpo.optim.suggesters.bandit import BANDIT_MAX_ARMS, BanditSuggester
 from prefect_hpo.optim.suggesters.base import Observations, Suggester, Suggestion
 from prefect_hpo.optim.suggesters.gp import GPSuggester
 from prefect_hpo.optim.suggesters.sobol import SobolSuggester
@@ -23,13 +35,27 @@ class AutoSuggester(Suggester):
     name = "auto"
     multi_objective = False
 
-    def __init__(self, encoder: SpaceEncoder, *, seed: int, n_initial: int | None = None, **gp_options: Any) -> None:
+    def __init__(
+        self,
+        encoder: SpaceEncoder,
+        *,
+        seed: int,
+        n_initial: int | None = None,
+        candidates: Sequence[Mapping[str, Any]] | None = None,
+        **gp_options: Any,
+    ) -> None:
         super().__init__(encoder, seed=seed)
         self.n_initial = n_initial if n_initial is not None else max(5, 2 * encoder.dim)
+        # built whichever path is taken, so bad GP options are refused the same way for any space
         self.initial = SobolSuggester(encoder, seed=seed)
         self.model = GPSuggester(encoder, seed=seed, fallback=self.initial, **gp_options)
+        self.bandit: BanditSuggester | None = None
+        if candidates is not None or use_bandit(encoder):
+            self.bandit = BanditSuggester(encoder, seed=seed, candidates=candidates)
 
     def suggest(self, observations: Observations, n: int, rng: np.random.Generator) -> list[Suggestion]:
+        if self.bandit is not None:
+            return self.bandit.suggest(observations, n, rng)
         n_initial = min(n, max(0, self.n_initial - observations.n_trials))
         out = self.initial.suggest(observations, n_initial, rng) if n_initial else []
         if n > n_initial:
@@ -45,3 +71,14 @@ class AutoSuggester(Suggester):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.initial.load_state_dict(state.get("initial", {}))
         self.model.load_state_dict(state.get("model", {}))
+
+
+def use_bandit(encoder: SpaceEncoder) -> bool:
+    """Whether ``auto`` treats the space as a short list of arms (see the module docstring)."""
+    searched = [p for p in encoder.space.parameters if not isinstance(p, FixedParameter)]
+    size = encoder.n_configurations
+    return (
+        all(isinstance(p, ChoiceParameter) for p in searched)
+        and size is not None
+        and size <= BANDIT_MAX_ARMS
+    )
