@@ -201,6 +201,7 @@ def test_candidates_are_the_only_configurations_suggested():
         trial = exp.ask()
         assert trial.suggester == "bandit"
         assert candidate_of(trial.params) is not None, trial.params
+        assert trial.params in CANDIDATES, "exactly a candidate's values, not a decoded approximation"
         exp.tell(trial.index, trial.params["x"])
     assert sorted(t.params["x"] for t in exp.trials[1:4]) == [0.25, 0.5, 1.0], "each candidate once first"
     assert exp.suggester.arm_probabilities(exp.observations())[0][0] == CANDIDATES[2]

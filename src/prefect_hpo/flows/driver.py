@@ -32,11 +32,11 @@ from prefect_hpo.tasks import (
     launch_trial,
     poll_trials,
     report_trials,
-    suggest_trials,
 )
 from prefect_hpo.tasks.checkpoint import write_checkpoint
 from prefect_hpo.tasks.launch import HANDLE_FILE
 from prefect_hpo.tasks.report import close_trial_run
+from prefect_hpo.tasks.suggest import run_suggest_step
 from prefect_hpo.tasks.runtime import describe_values
 
 __all__ = ["open_runtime", "drive", "finish", "trials_dir_for", "close_runtime"]
@@ -248,7 +248,7 @@ def drive(runtime: HPORuntime) -> None:
                 n = min(n, slots - len(waiting))
             if n > 0:
                 try:
-                    waiting.extend(suggest_trials(runtime, n))
+                    waiting.extend(run_suggest_step(runtime, n))
                 except SearchSpaceExhaustedError as exc:
                     logger.warning("%s: no new trials: %s", spec.name, exc)
                     exhausted = True

@@ -112,7 +112,10 @@ class Experiment:
         if len(suggestions) != count:
             raise SpecError(f"algorithm {self.algorithm!r}: returned {len(suggestions)} point(s) when asked for {count}")
         # validate the whole batch before recording any of it: a bad point leaves no orphan trials
-        checked = [(self.space.validate_params(self.encoder.decode(s.x)), s.suggester) for s in suggestions]
+        checked = [
+            (self.space.validate_params(s.params if s.params is not None else self.encoder.decode(s.x)), s.suggester)
+            for s in suggestions
+        ]
         trials = [self._record(params, suggester) for params, suggester in checked]
         return trials[0] if n is None else trials
 

@@ -53,6 +53,10 @@ class AutoSuggester(Suggester):
         if candidates is not None or use_bandit(encoder):
             self.bandit = BanditSuggester(encoder, seed=seed, candidates=candidates)
 
+    @property
+    def step_name(self) -> str:
+        return self.bandit.step_name if self.bandit is not None else super().step_name
+
     def suggest(self, observations: Observations, n: int, rng: np.random.Generator) -> list[Suggestion]:
         if self.bandit is not None:
             return self.bandit.suggest(observations, n, rng)

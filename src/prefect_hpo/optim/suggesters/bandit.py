@@ -117,6 +117,10 @@ class BanditSuggester(Suggester):
             self.arm_params = [encoder.decode(x) for x in self.arms]
 
     @property
+    def step_name(self) -> str:
+        return "allocate_arms"  # the bandit allocation step, as the flow shows it
+
+    @property
     def n_arms(self) -> int:
         return len(self.arms)
 
@@ -135,7 +139,7 @@ class BanditSuggester(Suggester):
             a = int(np.argmax(rng.normal(post.mean, np.sqrt(post.var))))
             picks.append(a)
             extra_pulls[a] += 1
-        return self._label(self.arms[picks])
+        return [Suggestion(x=self.arms[a], suggester=self.name, params=dict(self.arm_params[a])) for a in picks]
 
     def arm_probabilities(
         self,

@@ -52,10 +52,16 @@ class Observations:
 
 @dataclass(frozen=True)
 class Suggestion:
-    """A model-space point and the name of the algorithm that actually produced it."""
+    """A model-space point and the name of the algorithm that actually produced it.
+
+    ``params`` is for algorithms that pick from given configurations (the bandit's candidate
+    list): the exact values to use, since decoding ``x`` may change a log-scaled float in its
+    last bit (``1e-3`` would run as ``0.0010000000000000002``).
+    """
 
     x: np.ndarray
     suggester: str
+    params: dict[str, Any] | None = None
 
 
 class Suggester(ABC):
@@ -72,6 +78,13 @@ class Suggester(ABC):
     @abstractmethod
     def suggest(self, observations: Observations, n: int, rng: np.random.Generator) -> list[Suggestion]:
         """Return ``n`` new points that are valid in the model space and satisfy the constraints."""
+
+    @property
+    def step_name(self) -> str:
+        """What the flow calls the task that runs this algorithm (``suggest_trials``), so a
+        different kind of decision shows up as its own step in the Prefect UI (the bandit's
+        ``allocate_arms``) without the flow having to know which algorithm it holds."""
+        return "suggest_trials"
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-ready state that must survive a checkpoint (empty for stateless algorithms)."""
