@@ -30,6 +30,8 @@ SPECS = {
     "quickstart": EXAMPLES / "quickstart.yaml",
     "shell-example": EXAMPLES / "shell.yaml",
     "callable-example": EXAMPLES / "callable.yaml",
+    "early-stopping": EXAMPLES / "early_stopping.yaml",
+    "bandit-example": EXAMPLES / "bandit.yaml",
 }
 GOOD = {"lr": 0.03, "hidden": 64, "optimizer": "adam"}
 BAD = {"lr": 1e-4, "hidden": 8, "optimizer": "sgd"}

@@ -130,3 +130,20 @@ def test_a_raising_callable_fails_its_trial_with_the_exception_and_the_rest_comp
                 t.failure_reason
             )
     assert best is not None and best["params"] == {"mode": "ok", "x": 0.25} and best["values"] == {"loss": 0.0625}
+
+
+def test_the_early_stopping_example_stops_trials_at_asha_rungs(workspace: Path) -> None:
+    spec = _example(workspace, "early_stopping.yaml", "quickstart", trials=8)
+    assert (spec.stopping.policy, spec.stopping.resource, spec.stopping.max_steps) == ("asha", "epochs", 27)
+    best = hpo_flow(spec=spec.to_dict())
+    exp = _state(spec.storage, spec.name).experiment
+    statuses = [t.status.value for t in exp.trials]
+    assert set(statuses) <= {"completed", "early_stopped"}, [t.failure_reason for t in exp.trials]
+    assert "early_stopped" in statuses and "completed" in statuses
+    for t in exp.trials:
+        steps = [r["step"] for r in t.metadata["history"] if r["step"] is not None]
+        if t.status.value == "completed":
+            assert max(steps) == 27  # the resource reached the trial: it trained 27 epochs, not 8
+        else:
+            assert max(steps) < 27 and "rung" in t.failure_reason
+    assert best is not None and exp.trial(best["index"]).status.value == "completed"

@@ -93,3 +93,37 @@ def test_an_importable_function_object_runs_as_a_process(workspace: Path, monkey
     assert [t.status.value for t in exp.trials] == ["completed"] * 2
     pids = {int(r["metrics"]["pid"]) for t in exp.trials for r in t.metadata["history"] if "pid" in r["metrics"]}
     assert pids and os.getpid() not in pids  # each trial ran in a process of its own
+
+
+def test_a_stopped_in_process_trial_unwinds_at_its_next_report(workspace: Path) -> None:
+    """A thread cannot be killed: the threshold policy's stop reaches it as TrialStopped."""
+    from prefect_hpo.trial import TrialStopped
+
+    unwound: list[int] = []
+
+    def objective(params: dict) -> float:
+        try:
+            for step in range(1, 60):
+                report(step=step, loss=5.0 if params["x"] > 0.5 else 0.1)  # x > 0.5: hopeless
+                time.sleep(0.05)
+        except TrialStopped:
+            unwound.append(step)
+            raise
+        return 0.1
+
+    spec = make_spec(
+        "inproc-stop",
+        parameters=[{"name": "x", "type": "choice", "values": [0.2, 0.9]}],
+        algorithm="grid",
+        budget={"trials": 2, "max_parallel": 2},
+        trial={"callable": objective, "command": None},
+        stopping={"policy": "threshold", "threshold": 1.0, "min_steps": 2},
+    )
+    hpo_flow(spec=spec)
+    exp = _experiment("inproc-stop")
+    by_x = {t.params["x"]: t for t in exp.trials}
+    assert by_x[0.2].status.value == "completed"
+    stopped = by_x[0.9]
+    assert stopped.status.value == "early_stopped" and stopped.failure_reason.startswith("threshold on loss: ")
+    assert stopped.values == {"loss": 5.0}
+    assert len(unwound) == 1 and unwound[0] < 59, "the thread ran on instead of stopping"
