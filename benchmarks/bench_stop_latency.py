@@ -9,8 +9,9 @@ process:
 * ``condemned``: right after it flushed the report that makes the policy stop it;
 * ``sigterm``: when the kill's SIGTERM arrived (its handler then exits at once).
 
-``report -> SIGTERM`` is the stop latency the issue asks about: it is bounded by one poll
-interval (the flow wakes on a trial's exit, not on its output) plus the policy and the kill.
+``report -> SIGTERM`` is the stop latency the issue asks about. The flow's wait wakes as soon as
+a trial's log grows (checked every 50 ms), so it is usually the poll, ``decide_stop`` and the
+kill, not the poll interval; the interval only bounds it when that wake-up is missed.
 ``SIGTERM -> next launch`` is how long the freed slot stays empty: the next trial's
 ``started_at`` (recorded by the flow when it launched the process) minus the SIGTERM.
 
