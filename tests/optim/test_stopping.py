@@ -270,16 +270,19 @@ def test_asha_maximize_mirrors_minimize():
     assert s.step(4, {1: -4.5}) == [4]  # n=5, keep 2: ranks 3
 
 
-def test_asha_arrivals_in_one_call_are_judged_in_index_order():
-    # Trial 6 (worse) is judged first, as the first arrival, whatever order the histories come in.
+def test_asha_arrivals_in_one_call_are_judged_together():
+    # Two trials reach rung 1 between the same two polls: each is ranked against both, so the
+    # lower index gets no free pass as "first arrival", whatever order the histories come in.
+    for worse, better in ((6, 7), (7, 6)):
+        s = Script(ASHAPolicy(max_steps=27))
+        s.report(worse, {1: 2.0})
+        s.report(better, {1: 1.0})
+        assert [d.index for d in s.decide(order=[7, 6])] == [worse]
+    # Four arrive together: the best ceil(4/3) = 2 continue.
     s = Script(ASHAPolicy(max_steps=27))
-    s.report(7, {1: 1.0})
-    s.report(6, {1: 2.0})
-    assert s.decide(order=[7, 6]) == []
-    s = Script(ASHAPolicy(max_steps=27))
-    s.report(7, {1: 2.0})
-    s.report(6, {1: 1.0})
-    assert [d.index for d in s.decide(order=[7, 6])] == [7]
+    for index, value in enumerate([3.0, 1.0, 4.0, 2.0]):
+        s.report(index, {1: value})
+    assert [d.index for d in s.decide()] == [0, 2]
 
 
 def test_asha_missing_steps_use_the_first_value_at_or_after_the_rung():

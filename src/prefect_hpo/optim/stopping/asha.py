@@ -7,8 +7,9 @@ so workers never idle and a slow trial never holds the others back. The price is
 arrivals are judged against little evidence (the first one always continues); that is the
 deliberate trade ASHA makes, and it is why Ray Tune and Syne Tune use the same rule.
 
-Judgments are remembered: a trial is judged once per rung, when first seen there, and the rung
-keeps every value it recorded. That memory is the policy's state and is checkpointed, so a
+Judgments are remembered: a trial is judged once per rung, when first seen there (trials that
+reach a rung between two polls are judged together, against all of them), and the rung keeps
+every value it recorded. That memory is the policy's state and is checkpointed, so a
 resumed flow neither re-judges trials nor forgets who set the bar.
 """
 
@@ -83,10 +84,12 @@ class ASHAPolicy(StoppingPolicy):
                 decisions[history.index] = StopDecision(
                     history.index, f"already stopped at rung {rung}: it did not rank in the best 1/{self.reduction_factor} there"
                 )
-        # Rung by rung, and by index within a rung. Rungs are independent populations, so this
-        # judges each trial exactly as taking the trials one by one (each through its rungs) would.
+        # Rung by rung. Trials that reached a rung since the last call arrived together: all are
+        # recorded first and each is judged against the whole rung, so none is judged against
+        # fewer rivals for having a lower index (which would let it through on thin evidence).
         for rung in self.rungs:
             recorded = self._recorded[rung]
+            arrivals: list[tuple[int, int, float]] = []
             for history in ordered:
                 if history.index in recorded or history.index in self._stopped:
                     continue
@@ -96,12 +99,13 @@ class ASHAPolicy(StoppingPolicy):
                 step, raw = reached
                 value = _finite_or_nan(raw)
                 recorded[history.index] = value
-                if not history.running:
-                    continue  # evidence only: a finished trial cannot be stopped
-                decision = self._judge(history.index, rung, step, value, minimize)
+                if history.running:  # a finished trial is evidence only: it cannot be stopped
+                    arrivals.append((history.index, step, value))
+            for index, step, value in arrivals:
+                decision = self._judge(index, rung, step, value, minimize)
                 if decision is not None:
-                    self._stopped[history.index] = rung
-                    decisions[history.index] = decision
+                    self._stopped[index] = rung
+                    decisions[index] = decision
         return [decisions[i] for i in sorted(decisions)]
 
     def _judge(self, index: int, rung: int, step: int, value: float, minimize: bool) -> StopDecision | None:
