@@ -46,8 +46,8 @@ CURVE_TRIAL = textwrap.dedent(
     for epoch in range(1, epochs + 1):
         time.sleep(0.15)
         loss = base + 1.0 / epoch
+        record(kind="report", step=epoch)  # first: the kill may land right after the report
         report(step=epoch, val_loss=loss)
-        record(kind="report", step=epoch)
     record(kind="end")
     """
 )
