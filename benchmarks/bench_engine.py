@@ -18,7 +18,6 @@ import math
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 import traceback
@@ -36,6 +35,7 @@ REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))  # so that `problems` imports however the script is run
 
 from problems import DEFAULT_PROBLEMS, Problem, get_problem, validate_params  # noqa: E402
+from provenance import git_revision  # noqa: E402
 
 OPTUNA_METHODS: tuple[str, ...] = ("optuna-tpe", "optuna-gp")
 DEFAULT_METHODS: tuple[str, ...] = ("auto", "sobol", "random")
@@ -262,18 +262,6 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def _git_revision() -> str:
-    """Read-only git lookup so a results table can be tied to the code it measured."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (no commit)"
-
-
 def environment() -> dict[str, Any]:
     """Versions and thread settings that the timings depend on."""
     try:
@@ -292,7 +280,7 @@ def environment() -> dict[str, Any]:
         "botorch": _version("botorch"),
         "optuna": _version("optuna"),
         "numpy": _version("numpy"),
-        "git": _git_revision(),
+        "git": git_revision(),
     }
 
 

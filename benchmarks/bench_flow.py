@@ -46,25 +46,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from provenance import git_revision, isolate_environment
+
 REPO = Path(__file__).resolve().parents[1]
 SCRATCH = Path(tempfile.mkdtemp(prefix="prefect-hpo-bench-flow-"))
 atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 
-# Offline, quiet, and no state outside SCRATCH. Must happen before prefect / mlflow are imported.
-for _key, _value in {
-    "DO_NOT_TRACK": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-    "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
-    "OMP_WAIT_POLICY": "PASSIVE",
-    "PREFECT_HPO_TORCH_THREADS": "1",
-}.items():
-    os.environ.setdefault(_key, _value)
-os.environ["PREFECT_HOME"] = str(SCRATCH / "prefect-home")
-os.environ["PREFECT_HPO_WORKDIR"] = str(SCRATCH / "workdir")  # trial folders of S3 experiments
-os.environ.pop("MLFLOW_TRACKING_URI", None)
+isolate_environment(SCRATCH)  # before prefect / mlflow are imported
 sys.path.insert(0, str(REPO / "src"))
 
 SETTLE_S = 0.5  # pause after the server has caught up with a flow run, before the next one
@@ -115,13 +103,7 @@ def command_line() -> str:
 
 
 def git_rev() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + (" (+ uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "?"
+    return git_revision()
 
 
 def bench_spec(name: str, trials: int, parallel: int, storage: str, tracking_uri: str) -> dict[str, Any]:

@@ -30,7 +30,6 @@ import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -40,23 +39,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from provenance import git_revision, isolate_environment
+
 REPO = Path(__file__).resolve().parents[1]
 SCRATCH = Path(tempfile.mkdtemp(prefix="prefect-hpo-bench-stop-"))
 atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 
-# Offline, quiet, and no state outside SCRATCH. Must happen before prefect / mlflow are imported.
-for _key, _value in {
-    "DO_NOT_TRACK": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-    "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
-    "OMP_WAIT_POLICY": "PASSIVE",
-}.items():
-    os.environ.setdefault(_key, _value)
-os.environ["PREFECT_HOME"] = str(SCRATCH / "prefect-home")
-os.environ.pop("MLFLOW_TRACKING_URI", None)
+isolate_environment(SCRATCH)  # before prefect / mlflow are imported
 sys.path.insert(0, str(REPO / "src"))
 
 TRIAL = textwrap.dedent(
@@ -94,14 +83,6 @@ def percentile(xs: Sequence[float], q: float) -> float:
     k = (len(s) - 1) * q / 100
     lo, hi = int(k), min(int(k) + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def git_rev() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "?"
-
 
 def run_case(poll_s: float, args: argparse.Namespace) -> dict[str, Any]:
     """One flow run at one poll interval; the per-trial latencies it measured."""
@@ -162,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from prefect.testing.utilities import prefect_test_harness
 
     print(f"command: {' '.join(shlex.quote(a) for a in [sys.executable, *sys.argv])}")
-    print(f"git {git_rev()}, {datetime.now().astimezone().isoformat(timespec='seconds')}, "
+    print(f"git {git_revision()}, {datetime.now().astimezone().isoformat(timespec='seconds')}, "
           f"{platform.machine()} with {os.cpu_count()} CPUs, Python {platform.python_version()}\n")
     results = []
     with prefect_test_harness(server_startup_timeout=60):

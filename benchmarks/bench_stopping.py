@@ -38,7 +38,6 @@ import math
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -60,6 +59,9 @@ REPO_ROOT = BENCH_DIR.parent
 _SRC = REPO_ROOT / "src"
 if _SRC.is_dir() and str(_SRC) not in sys.path:
     sys.path.insert(0, str(_SRC))  # measure this checkout, not an installed copy
+
+sys.path.insert(0, str(BENCH_DIR))
+from provenance import git_revision  # noqa: E402
 
 from prefect_hpo import Experiment  # noqa: E402
 from prefect_hpo.optim.stopping import (  # noqa: E402
@@ -432,23 +434,11 @@ def print_notes(results: Sequence[RunResult]) -> None:
 # ---- environment and driver -----------------------------------------------------------------
 
 
-def _git_revision() -> str:
-    """Read-only git lookup so a results table can be tied to the code it measured."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (no commit)"
-
-
 def environment() -> dict[str, Any]:
     return {
         "command": shlex.join([sys.executable, *sys.argv]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git": _git_revision(),
+        "git": git_revision(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
