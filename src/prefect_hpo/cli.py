@@ -162,6 +162,9 @@ def _print_outcome(name: str | None, storage: str, best: dict[str, Any] | None) 
     store = open_store(storage)
     if best is None:
         print(f"{name}: no trial completed")
+    elif "pareto_front" in best:
+        print(f"{name}: Pareto front of {len(best['pareto_front'])} trial(s), hypervolume {best['hypervolume']:.6g}")
+        _print_front(best, indent="  ")
     else:
         values = ", ".join(f"{k}={v:.6g}" for k, v in best["values"].items())
         print(f"{name}: best trial {best['index']}: {values}")
@@ -194,6 +197,7 @@ def _status(args: argparse.Namespace) -> int:
 
     state = _read_state(args.name, args.storage)
     exp = state.experiment
+    front = {t.index for t in exp.pareto_front()} if exp.is_multi_objective else None
     trials = [
         {
             "index": t.index,
@@ -202,6 +206,8 @@ def _status(args: argparse.Namespace) -> int:
             "values": t.values,
             "failure_reason": t.failure_reason,
             "stopped_by": t.metadata.get("stopped_by"),
+            "feasible": t.feasible,
+            "on_pareto_front": t.index in front if front is not None else None,
             "last_step": _last_step(t),
             "attempt": t.metadata.get("attempt", 0),
             "suggester": t.suggester,
@@ -239,30 +245,41 @@ def _status(args: argparse.Namespace) -> int:
     if lease:
         print(f"  driven by pid {lease.get('pid')} on {lease.get('host')} (lease until {lease.get('expires_at')})")
     names = exp.space.names
-    objectives = list(exp.objectives)
-    header = ["#", "status", "step", *names, *objectives, "reason"]
+    objectives = list(exp.metric_names)  # the objectives, then metrics under outcome constraints
+    flags = exp.outcome_constraints or front is not None
+    header = ["#", "status", "step", *names, *objectives, *(["note"] if flags else []), "reason"]
     rows = [
         [str(t["index"]), t["status"], _cell(t["last_step"]), *[_cell(t["params"].get(n)) for n in names],
-         *[_cell((t["values"] or {}).get(o)) for o in objectives], _shorten(t["failure_reason"] or "", 100)]
+         *[_cell((t["values"] or {}).get(o)) for o in objectives], *([_note(t)] if flags else []),
+         _shorten(t["failure_reason"] or "", 100)]
         for t in trials
     ]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     print("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for r in rows:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)))
-    if best:
+    if best and "pareto_front" in best:
+        print(f"  Pareto front: trials {', '.join(str(t['index']) for t in best['pareto_front'])} "
+              f"(hypervolume {best['hypervolume']:.6g})")
+    elif best:
         print(f"  best: trial {best['index']}")
     return EXIT_OK
 
 
 def _best(args: argparse.Namespace) -> int:
+    """The best trial; for several objectives the Pareto front (``--json``: the same as a dict)."""
     state = _read_state(args.name, args.storage)
     best = _best_dict(state.experiment)
     if best is None:
-        print(f"prefect-hpo: error: experiment {args.name!r} has no completed trial yet", file=sys.stderr)
+        print(f"prefect-hpo: error: experiment {args.name!r} has no completed (feasible) trial yet", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
         print(json.dumps(best, indent=2))
+    elif "pareto_front" in best:
+        reference = ", ".join(f"{k}={v:.6g}" for k, v in best["reference_point"].items())
+        print(f"Pareto front: {len(best['pareto_front'])} trial(s), hypervolume {best['hypervolume']:.6g} "
+              f"(reference point {reference})")
+        _print_front(best, indent="")
     else:
         print(f"trial {best['index']}: " + ", ".join(f"{k}={v:.6g}" for k, v in best["values"].items()))
         for k, v in best["params"].items():
@@ -270,11 +287,24 @@ def _best(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_front(outcome: dict[str, Any], indent: str) -> None:
+    for t in outcome["pareto_front"]:
+        values = ", ".join(f"{k}={v:.6g}" for k, v in t["values"].items())
+        params = ", ".join(f"{k}={v}" for k, v in t["params"].items())
+        print(f"{indent}trial {t['index']}: {values}  ({params})")
+
+
 def _best_dict(exp: Any) -> dict[str, Any] | None:
-    if exp.is_multi_objective or not any(t.status.value == "completed" for t in exp.trials):
-        return None
-    t = exp.best_trial
-    return {"index": t.index, "params": t.params, "values": t.values}
+    from prefect_hpo.optim.outcome import experiment_outcome
+
+    return experiment_outcome(exp)
+
+
+def _note(row: dict[str, Any]) -> str:
+    """'pareto' for a trial on the front, 'infeasible' for one that broke an outcome constraint."""
+    if row["feasible"] is False:
+        return "infeasible"
+    return "pareto" if row["on_pareto_front"] else "-"
 
 
 def _last_step(trial: Any) -> int | None:

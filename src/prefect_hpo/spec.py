@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from prefect_hpo.optim.experiment import Experiment
     from prefect_hpo.optim.stopping import StoppingPolicy
 
-__all__ = ["BudgetSpec", "ExperimentSpec", "StoppingSpec", "TrialSpec", "load_spec"]
+__all__ = ["BudgetSpec", "ExperimentSpec", "ObjectiveSpec", "StoppingSpec", "TrialSpec", "load_spec"]
 
 DEFAULT_STORAGE = "file://.prefect-hpo"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -91,6 +91,14 @@ class TrialSpec(_Strict):
         return self.callable is not None and not isinstance(self.callable, str)
 
 
+class ObjectiveSpec(_Strict):
+    """An objective with a threshold: the worst value still worth having (accuracy >= 0.9),
+    which is also its coordinate of the reference point hypervolumes are measured from."""
+
+    direction: Literal["minimize", "maximize"]
+    threshold: float | None = None
+
+
 class StoppingSpec(_Strict):
     """Which early-stopping policy watches the learning curves, and its settings.
 
@@ -130,7 +138,12 @@ class ExperimentSpec(_Strict):
     name: str
     parameters: Any
     parameter_constraints: list[str] = Field(default_factory=list)
-    objectives: dict[str, Literal["minimize", "maximize"]] = Field(min_length=1)
+    objectives: dict[str, Literal["minimize", "maximize"] | ObjectiveSpec] = Field(
+        min_length=1, description="name: minimize | maximize, or {direction, threshold}; two or more: multi-objective"
+    )
+    outcome_constraints: list[str] = Field(
+        default_factory=list, description="bounds on other reported metrics, e.g. 'latency_ms <= 20'"
+    )
     algorithm: str = "auto"
     algorithm_options: dict[str, Any] = Field(default_factory=dict)
     seed: int | None = Field(default=None, ge=0)
@@ -167,6 +180,7 @@ class ExperimentSpec(_Strict):
         except SearchSpaceError as exc:
             raise SpecError(f"parameters: {exc}") from None
         self._check_stopping(space)
+        self._check_outcomes()
         placeholders = set(re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", self.trial.command or ""))
         unknown = sorted(placeholders - set(space.names) - {self.stopping.resource})
         if unknown:
@@ -176,9 +190,18 @@ class ExperimentSpec(_Strict):
             )
         return self
 
+    def _check_outcomes(self) -> None:
+        from prefect_hpo.optim.outcome_constraints import parse_outcome_constraints
+
+        try:
+            parse_outcome_constraints(self.outcome_constraints or None, self.directions)
+        except SpecError as exc:
+            message = str(exc)
+            raise SpecError(message if message.startswith("outcome_constraints") else f"outcome_constraints: {message}") from None
+
     def _check_stopping(self, space: SearchSpace) -> None:
         stopping = self.stopping
-        if stopping.metric is not None and stopping.metric not in self.objectives and stopping.mode is None:
+        if stopping.metric is not None and stopping.metric not in self.directions and stopping.mode is None:
             raise SpecError(
                 f"stopping.mode: required when stopping.metric ({stopping.metric!r}) is not an objective "
                 f"(objectives: {', '.join(self.objectives)})"
@@ -195,10 +218,15 @@ class ExperimentSpec(_Strict):
                 )
 
     @property
+    def directions(self) -> dict[str, str]:
+        """``{objective: "minimize" | "maximize"}``, thresholds left out."""
+        return {k: v if isinstance(v, str) else v.direction for k, v in self.objectives.items()}
+
+    @property
     def stopping_metric(self) -> tuple[str, bool]:
         """The metric the stopping policy watches and whether smaller is better."""
         metric = self.stopping.metric or next(iter(self.objectives))
-        mode = self.stopping.mode or self.objectives[metric]
+        mode = self.stopping.mode or self.directions[metric]
         return metric, mode == "minimize"
 
     # ---- construction ----------------------------------------------------------------------
@@ -230,7 +258,8 @@ class ExperimentSpec(_Strict):
         return Experiment(
             name=self.name,
             parameters=self.parameters,
-            objectives=dict(self.objectives),
+            objectives={k: v if isinstance(v, str) else v.model_dump(exclude_none=True) for k, v in self.objectives.items()},
+            outcome_constraints=self.outcome_constraints or None,
             algorithm=self.algorithm,
             seed=self.seed,
             parameter_constraints=self.parameter_constraints or None,

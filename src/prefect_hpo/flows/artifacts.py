@@ -28,7 +28,9 @@ def trial_rows(exp: Experiment) -> list[dict[str, Any]]:
     for t in sorted(exp.trials, key=key):
         row: dict[str, Any] = {"trial": t.index, "status": t.status.value}
         row.update({k: _fmt(v) for k, v in t.params.items()})
-        row.update({k: _fmt((t.values or {}).get(k)) for k in exp.objectives})
+        row.update({k: _fmt((t.values or {}).get(k)) for k in exp.metric_names})
+        if t.feasible is not None:
+            row["feasible"] = t.feasible
         row["attempts"] = t.metadata.get("attempt", 0)
         row["reason"] = t.failure_reason or ""
         rows.append(row)
@@ -43,7 +45,13 @@ def publish_artifacts(exp: Experiment, best: dict[str, Any] | None, mlflow_uri: 
         counts[t.status.value] = counts.get(t.status.value, 0) + 1
     lines = [f"# HPO experiment `{exp.name}`", "", f"- algorithm: `{exp.algorithm}`, seed {exp.seed}"]
     lines.append("- trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-    if best is not None:
+    if best is not None and "pareto_front" in best:
+        lines.append(f"- Pareto front ({len(best['pareto_front'])} trials), hypervolume {_fmt(best['hypervolume'])} "
+                     f"from reference point {', '.join(f'{k} = {_fmt(v)}' for k, v in best['reference_point'].items())}:")
+        for t in best["pareto_front"]:
+            values = ", ".join(f"{k} = {_fmt(v)}" for k, v in t["values"].items())
+            lines.append(f"  - trial {t['index']}: {values}")
+    elif best is not None:
         values = ", ".join(f"{k} = {_fmt(v)}" for k, v in best["values"].items())
         params = ", ".join(f"`{k}` = {_fmt(v)}" for k, v in best["params"].items())
         lines += [f"- best: trial {best['index']}: {values}", f"- best parameters: {params}"]

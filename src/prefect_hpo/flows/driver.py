@@ -9,15 +9,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from prefect_hpo.errors import ExperimentNotFoundError, SearchSpaceExhaustedError, SpecError, StorageError
+from prefect_hpo.flows.pareto_plot import render_pareto_png
 from prefect_hpo.flows.progress import Progress, notify
 from prefect_hpo.launchers.base import Launcher
 from prefect_hpo.launchers.inprocess import InProcessLauncher
 from prefect_hpo.launchers.local import LocalProcessLauncher
+from prefect_hpo.optim.outcome import experiment_outcome
 from prefect_hpo.optim.stopping import StoppingPolicy
 from prefect_hpo.optim.trials import Trial, TrialStatus
 from prefect_hpo.spec import DEFAULT_STORAGE, IN_PROCESS, ExperimentSpec, load_spec
@@ -37,7 +40,7 @@ from prefect_hpo.tasks.checkpoint import write_checkpoint
 from prefect_hpo.tasks.launch import HANDLE_FILE
 from prefect_hpo.tasks.report import close_trial_run
 from prefect_hpo.tasks.suggest import run_suggest_step
-from prefect_hpo.tasks.runtime import describe_values
+from prefect_hpo.tasks.runtime import best_or_none, describe_values
 
 __all__ = ["open_runtime", "drive", "finish", "trials_dir_for", "close_runtime"]
 
@@ -287,10 +290,8 @@ def _notify(runtime: HPORuntime, event: str, later: Sequence[int] = ()) -> None:
     counts = {s: 0 for s in TrialStatus}
     for t in exp.trials:
         counts[TrialStatus.RUNNING if t.index in later else t.status] += 1
-    best_index = best_values = None
-    if counts[TrialStatus.COMPLETED] and not exp.is_multi_objective:
-        best = exp.best_trial
-        best_index, best_values = best.index, best.values
+    best = best_or_none(exp)
+    best_index, best_values = (best.index, best.values) if best is not None else (None, None)
     logger.info("%s: %s", exp.name, event)
     notify(
         Progress(
@@ -308,24 +309,39 @@ def _notify(runtime: HPORuntime, event: str, later: Sequence[int] = ()) -> None:
 
 
 def finish(runtime: HPORuntime) -> dict[str, Any] | None:
-    """Record the outcome in MLflow; the best trial as a plain dict (None if none completed)."""
+    """Record the outcome in MLflow and return it (see :func:`experiment_outcome`): the best
+    trial, or for several objectives the Pareto front, whose plot goes to the parent run."""
     exp = runtime.experiment
-    best = None
-    if any(t.status is TrialStatus.COMPLETED for t in exp.trials) and not exp.is_multi_objective:
-        trial = exp.best_trial
-        best = {"index": trial.index, "params": dict(trial.params), "values": dict(trial.values or {})}
+    outcome = experiment_outcome(exp)
+    best = outcome if outcome is not None and "pareto_front" not in outcome else None
     counts: dict[str, int] = {}
     for t in exp.trials:
         counts[t.status.value] = counts.get(t.status.value, 0) + 1
     parent = runtime.state.parent_run_id
     try:
         runtime.tracker.log_experiment_summary(
-            parent, best_params=best and best["params"], best_values=best and best["values"], counts=counts
+            parent, best_params=best and best["params"], best_values=best and best["values"], counts=counts,
+            hypervolume=outcome["hypervolume"] if outcome is not None and best is None else None,
         )
+        if exp.is_multi_objective:
+            _log_pareto(runtime, outcome)
         runtime.tracker.finish_experiment_run(parent, "FINISHED")
     except StorageError as exc:
         logger.warning("%s: MLflow summary not written: %s", exp.name, exc)
-    return best
+    return outcome
+
+
+def _log_pareto(runtime: HPORuntime, outcome: dict[str, Any] | None) -> None:
+    """The Pareto plot (PNG) and the front itself (JSON) as artifacts of the parent run."""
+    parent = runtime.state.parent_run_id
+    with tempfile.TemporaryDirectory(prefix="prefect-hpo-pareto-") as tmp:
+        png = render_pareto_png(runtime.experiment, Path(tmp) / "pareto_front.png")
+        if png is not None:
+            runtime.tracker.log_experiment_file(parent, png)
+        if outcome is not None:
+            doc = Path(tmp) / "pareto_front.json"
+            doc.write_text(json.dumps(outcome, indent=2, allow_nan=False))
+            runtime.tracker.log_experiment_file(parent, doc)
 
 
 def close_runtime(runtime: HPORuntime, *, write: bool = True) -> None:

@@ -60,7 +60,9 @@ def hpo_flow(
 
     With ``resume=True`` and no spec, ``name`` (and ``storage`` unless it is the default
     ``file://.prefect-hpo``) find the checkpoint, which carries the spec. Returns the best trial
-    as ``{"index", "params", "values"}``, or None when no trial completed.
+    as ``{"index", "params", "values"}``, or None when no (feasible) trial completed. With
+    several objectives it returns ``{"pareto_front": [{"index", "params", "values"}, ...],
+    "hypervolume", "reference_point"}`` and logs a Pareto plot to the MLflow parent run.
 
     ``name_suffix`` is appended to the spec's name; ``{date}`` in it becomes the flow run's
     scheduled date (``YYYYMMDD``), so a scheduled deployment starts a new experiment per day
@@ -86,6 +88,9 @@ def hpo_flow(
     publish_artifacts(exp, best, runtime.tracker.tracking_uri, runtime.state.parent_run_id)
     if best is None:
         log.warning("experiment %r: no trial completed", exp.name)
+    elif "pareto_front" in best:
+        log.info("experiment %r: Pareto front of %d trial(s), hypervolume %.6g (reference point %s)", exp.name,
+                 len(best["pareto_front"]), best["hypervolume"], describe_values(best["reference_point"]))
     else:
         log.info("experiment %r: best trial %d: %s %s", exp.name, best["index"], describe_values(best["values"]), best["params"])
     return best if clean else None

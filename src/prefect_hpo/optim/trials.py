@@ -43,8 +43,11 @@ def utcnow() -> datetime:
 class Trial:
     """One evaluation of the objective at ``params``.
 
-    ``values`` holds one number per objective once the trial completed (for an early-stopped
-    trial: the last value it reported), else None. ``failure_reason`` says why a trial ended
+    ``values`` holds one number per objective, and per metric an outcome constraint bounds, once
+    the trial completed (for an early-stopped trial: the last values it reported), else None.
+    ``feasible`` says whether those values satisfy every outcome constraint; it is None when the
+    experiment has none (so old checkpoints and unconstrained experiments read the same) or when
+    an early-stopped trial never reported a constrained metric. ``failure_reason`` says why a trial ended
     without completing: the error of a failed one, the policy's reason for an early-stopped one.
     ``suggester`` names the algorithm that proposed the point ("sobol", "gp", "manual", ...), so
     a benchmark or a user can tell the initial design from model-based suggestions.
@@ -56,6 +59,7 @@ class Trial:
     suggester: str
     status: TrialStatus = TrialStatus.PENDING
     values: dict[str, float] | None = None
+    feasible: bool | None = None
     failure_reason: str | None = None
     created_at: datetime = field(default_factory=utcnow)
     started_at: datetime | None = None
@@ -69,6 +73,7 @@ class Trial:
             "suggester": self.suggester,
             "status": self.status.value,
             "values": None if self.values is None else dict(self.values),
+            "feasible": self.feasible,
             "failure_reason": self.failure_reason,
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
@@ -84,6 +89,7 @@ class Trial:
             suggester=str(data["suggester"]),
             status=TrialStatus(data["status"]),
             values=None if data.get("values") is None else {k: float(v) for k, v in data["values"].items()},
+            feasible=_parse_feasible(data.get("feasible")),
             failure_reason=data.get("failure_reason"),
             created_at=_parse(data["created_at"]) or utcnow(),
             started_at=_parse(data.get("started_at")),
@@ -92,14 +98,23 @@ class Trial:
         )
 
     def summary(self) -> dict[str, Any]:
-        """A flat row for printing: index, status, params, values, reason."""
+        """A flat row for printing: index, status, params, values, feasibility, reason."""
         row: dict[str, Any] = {"index": self.index, "status": self.status.value}
         row.update(self.params)
         if self.values:
             row.update(self.values)
+        if self.feasible is not None:
+            row["feasible"] = self.feasible
         if self.failure_reason:
             row["reason"] = self.failure_reason
         return row
+
+
+def _parse_feasible(value: Any) -> bool | None:
+    # documents written before outcome constraints existed have no "feasible" field
+    if value is None or isinstance(value, bool):
+        return value
+    raise ValueError(f"trial field 'feasible' must be true, false or null, got {value!r}")
 
 
 def _iso(ts: datetime | None) -> str | None:

@@ -67,7 +67,8 @@ def rebuild_from_mlflow(tracker: MlflowTracker, spec: ExperimentSpec | None = No
 
 def _search_part(spec: ExperimentSpec) -> dict[str, Any]:
     d = spec.to_dict()
-    return {k: d[k] for k in ("name", "parameters", "parameter_constraints", "objectives", "algorithm", "algorithm_options", "seed")}
+    keys = ("name", "parameters", "parameter_constraints", "objectives", "outcome_constraints", "algorithm", "algorithm_options", "seed")
+    return {k: d.get(k) or None for k in keys}  # a missing list and an empty one are the same search
 
 
 def _with_position(state: Any, position: int) -> Any:

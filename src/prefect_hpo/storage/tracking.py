@@ -74,6 +74,7 @@ STATUS_TAG = "prefect_hpo.status"
 ATTEMPT_TAG = "prefect_hpo.attempt"
 REASON_TAG = "prefect_hpo.failure_reason"
 STOPPED_BY_TAG = "prefect_hpo.stopped_by"
+FEASIBLE_TAG = "prefect_hpo.feasible"
 VALUES_TAG = "prefect_hpo.values"
 BEST_PARAMS_TAG = "prefect_hpo.best_params"
 # A params JSON too long for a tag is stored as this artifact; the tag then holds the marker.
@@ -246,8 +247,15 @@ class MlflowTracker:
                     params[f"budget.{key}"] = budget[key]
         objectives = spec.get("objectives") or {}
         if isinstance(objectives, Mapping):
-            for name, direction in objectives.items():
-                params[f"objective.{name}"] = direction
+            for name, objective in objectives.items():
+                if isinstance(objective, Mapping):  # {direction, threshold}
+                    params[f"objective.{name}"] = objective.get("direction")
+                    if objective.get("threshold") is not None:
+                        params[f"objective.{name}.threshold"] = objective["threshold"]
+                else:
+                    params[f"objective.{name}"] = objective
+        for i, constraint in enumerate(spec.get("outcome_constraints") or []):
+            params[f"outcome_constraint.{i}"] = constraint
         with self._errors("start the experiment run"):
             run = self._client.create_run(self.experiment_id, tags=tags, run_name=self.experiment_name)
             run_id = run.info.run_id
@@ -267,6 +275,7 @@ class MlflowTracker:
         best_params: dict[str, Any] | None,
         best_values: dict[str, float] | None,
         counts: dict[str, int],
+        hypervolume: float | None = None,
     ) -> None:
         """One batch: ``best/<objective>`` and ``trials/<status>`` metrics plus the best params tag.
 
@@ -277,9 +286,16 @@ class MlflowTracker:
         ts = _now_ms()
         metrics = [Metric(_clean_name(f"trials/{k}"), float(v), ts, step) for k, v in counts.items()]
         metrics += [Metric(_clean_name(f"best/{k}"), float(v), ts, step) for k, v in (best_values or {}).items()]
+        if hypervolume is not None:  # several objectives: the progress measure of the front
+            metrics.append(Metric("hypervolume", float(hypervolume), ts, step))
         tags = [RunTag(BEST_PARAMS_TAG, _truncate(_dumps(best_params), _MAX_TAG_VALUE))] if best_params is not None else []
         with self._errors("log the experiment summary"):
             self._log_batch(parent_run_id, metrics=metrics, tags=tags)
+
+    def log_experiment_file(self, parent_run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        """Attach a file (a plot, a report) to the experiment's parent run."""
+        with self._errors(f"log {Path(path).name}"):
+            self._client.log_artifact(parent_run_id, str(path), artifact_path=artifact_path)
 
     def finish_experiment_run(self, parent_run_id: str, status: str = "FINISHED") -> None:
         """Terminate the parent run with an MLflow status (FINISHED, FAILED or KILLED)."""
@@ -365,11 +381,13 @@ class MlflowTracker:
         log_file: Path | None = None,
         attempt: int = 1,
         stopped_by: str | None = None,
+        feasible: bool | None = None,
     ) -> None:
         """Close the trial's run: one log_batch, set_terminated, and the log upload (if any).
 
         ``stopped_by`` names the stopping policy (with its settings) that ended the trial; the
-        reason it gave is ``failure_reason``.
+        reason it gave is ``failure_reason``. ``feasible`` (with outcome constraints) becomes the
+        ``prefect_hpo.feasible`` tag, so the MLflow UI can filter on it.
 
         Final ``values`` are kept exactly in the ``prefect_hpo.values`` tag (what ``trial_records``
         reads) and are logged as metrics under the objective names only where they differ from the
@@ -384,6 +402,8 @@ class MlflowTracker:
         ]
         if stopped_by:
             tags.append(RunTag(STOPPED_BY_TAG, _truncate(stopped_by, _MAX_TAG_VALUE)))
+        if feasible is not None:  # outcome constraints: kept or broken
+            tags.append(RunTag(FEASIBLE_TAG, str(feasible).lower()))
         metrics: list[Metric] = []
         with self._lock:
             step_max = self._max_step.pop(run_id, -1)

@@ -53,7 +53,7 @@ def report_trials(runtime: HPORuntime, updates: list[TrialUpdate]) -> list[Outco
         failure = update.reason or "failed"
         values: dict[str, float] = {}
         if update.state is TrialState.SUCCEEDED:
-            values, missing = final_values(trial, list(exp.objectives))
+            values, missing = final_values(trial, exp.metric_names)
             failure = f"exited 0 without reporting {', '.join(repr(m) for m in missing)}" if missing else ""
         trial.metadata["handle"] = None
         if failure:
@@ -96,6 +96,7 @@ def close_trial_run(runtime: HPORuntime, index: int) -> None:
             log_file=log if log.exists() else None,
             attempt=attempt,
             stopped_by=trial.metadata.get("stopped_by"),
+            feasible=trial.feasible,
         )
     except StorageError as exc:
         logger.warning("trial %d: MLflow run not closed: %s", index, exc)

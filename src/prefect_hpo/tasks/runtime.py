@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefect_hpo.errors import NoCompletedTrialsError
 from prefect_hpo.launchers.base import Launcher
 from prefect_hpo.optim.experiment import Experiment
 from prefect_hpo.optim.stopping import NoStopping, StoppingPolicy
@@ -21,7 +23,7 @@ from prefect_hpo.storage.checkpoint import CheckpointStore, Lease
 from prefect_hpo.storage.state import ExperimentState, metrics_from_json
 from prefect_hpo.storage.tracking import MlflowTracker
 
-__all__ = ["HPORuntime", "trial_history"]
+__all__ = ["HPORuntime", "best_or_none", "final_values", "trial_history"]
 
 
 @dataclass
@@ -58,14 +60,26 @@ def trial_history(trial: Trial) -> list[tuple[int | None, dict[str, float]]]:
     return [(r.get("step"), metrics_from_json(r["metrics"])) for r in trial.metadata.get("history", [])]
 
 
-def final_values(trial: Trial, objectives: list[str]) -> tuple[dict[str, float], list[str]]:
-    """The last reported value of each objective, and the objectives never reported."""
+def final_values(trial: Trial, objectives: Sequence[str]) -> tuple[dict[str, float], list[str]]:
+    """The last reported value of each named metric (objectives and constrained metrics), and
+    the ones never reported."""
     values: dict[str, float] = {}
     for _, metrics in trial_history(trial):
         for name in objectives:
             if name in metrics:
                 values[name] = metrics[name]
     return values, [o for o in objectives if o not in values]
+
+
+def best_or_none(exp: Experiment) -> Trial | None:
+    """The best trial, or None: several objectives (see ``pareto_front``), or no completed
+    trial that is feasible yet."""
+    if exp.is_multi_objective:
+        return None
+    try:
+        return exp.best_trial
+    except NoCompletedTrialsError:
+        return None
 
 
 def describe_values(values: dict[str, Any] | None) -> str:

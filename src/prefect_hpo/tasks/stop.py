@@ -70,8 +70,9 @@ def decide_stop(runtime: HPORuntime) -> list[StopDecision]:
             continue
         trial.metadata["handle"] = None
         trial.metadata["stopped_by"] = policy.describe()
-        values, missing = final_values(trial, list(exp.objectives))
-        exp.stop_early(trial.index, None if missing else values, reason)
+        values, _ = final_values(trial, exp.metric_names)  # constrained metrics may be missing
+        complete = all(name in values for name in exp.objectives)
+        exp.stop_early(trial.index, values if complete else None, reason)
         logger.info("trial %d stopped early: %s", trial.index, reason)
         carried_out.append(StopDecision(trial.index, reason))
     return carried_out

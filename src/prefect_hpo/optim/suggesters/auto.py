@@ -13,6 +13,12 @@ Rule, decided once from the space and the options:
   scrambled Sobol sequence, the rest from the ``gp`` suggester. This is Ax's recipe; 2·d points
   are enough for a first estimate of one lengthscale per dimension, and 5 keeps tiny spaces from
   trusting a model fitted to two points.
+
+Several objectives or outcome constraints always take the second path, even on a bandit-sized
+space: the bandit ranks arms by one mean, while the ``gp`` suggester models every objective and
+constrained metric (and enumerates a small finite space exactly). Only an explicit
+``candidates`` list, which only the bandit can honour, is refused for several objectives, when
+the experiment is created.
 """
 
 from __future__ import annotations
@@ -33,7 +39,6 @@ from prefect_hpo.optim.suggesters.sobol import SobolSuggester
 
 class AutoSuggester(Suggester):
     name = "auto"
-    multi_objective = False
 
     def __init__(
         self,
@@ -52,13 +57,15 @@ class AutoSuggester(Suggester):
         self.bandit: BanditSuggester | None = None
         if candidates is not None or use_bandit(encoder):
             self.bandit = BanditSuggester(encoder, seed=seed, candidates=candidates)
+        # an instance attribute: the experiment checks it to refuse what cannot be optimized
+        self.multi_objective = candidates is None  # type: ignore[misc]
 
     @property
     def step_name(self) -> str:
         return self.bandit.step_name if self.bandit is not None else super().step_name
 
     def suggest(self, observations: Observations, n: int, rng: np.random.Generator) -> list[Suggestion]:
-        if self.bandit is not None:
+        if self.bandit is not None and (not self.multi_objective or _single_unconstrained(observations)):
             return self.bandit.suggest(observations, n, rng)
         n_initial = min(n, max(0, self.n_initial - observations.n_trials))
         out = self.initial.suggest(observations, n_initial, rng) if n_initial else []
@@ -75,6 +82,11 @@ class AutoSuggester(Suggester):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.initial.load_state_dict(state.get("initial", {}))
         self.model.load_state_dict(state.get("model", {}))
+
+
+def _single_unconstrained(observations: Observations) -> bool:
+    assert observations.C is not None
+    return len(observations.objectives) == 1 and observations.C.shape[1] == 0
 
 
 def use_bandit(encoder: SpaceEncoder) -> bool:

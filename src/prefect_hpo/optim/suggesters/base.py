@@ -30,6 +30,17 @@ class Observations:
 
     ``Y`` is oriented so that larger is better for every objective (minimized objectives are
     negated), so no suggester has to care about directions.
+
+    Outcome constraints arrive as ``C``, one column per constraint in the order of
+    ``outcome_constraints``, oriented as BoTorch's constraint callables are: a trial satisfies
+    constraint ``j`` when ``C[i, j] <= 0`` (``value - bound`` for ``<=``, ``bound - value`` for
+    ``>=``, in the metric's units). Suggesters that do not model outcomes may ignore them.
+
+    With several objectives, ``objective_thresholds`` (NaN where the user gave none) and
+    ``reference_point`` are in the same larger-is-better orientation as ``Y``. The reference
+    point is the experiment's own (:attr:`~prefect_hpo.optim.experiment.Experiment.reference_point`),
+    so the hypervolume a suggester improves is the one the user reads; it is None when it cannot
+    be inferred yet (no feasible completed trial and not every objective has a threshold).
     """
 
     encoder: SpaceEncoder
@@ -39,15 +50,31 @@ class Observations:
     X_failed: np.ndarray  # (n_failed, d): failed and abandoned trials
     n_trials: int  # every trial created so far, whatever its status
     objectives: tuple[str, ...]
+    C: np.ndarray | None = None  # (n_completed, n_constraints), feasible <=> every entry <= 0
+    outcome_constraints: tuple[str, ...] = ()
+    objective_thresholds: np.ndarray | None = None  # (n_objectives,), larger is better, NaN = none
+    reference_point: np.ndarray | None = None  # (n_objectives,), larger is better
 
     def __post_init__(self) -> None:
-        for arr in (self.X, self.Y, self.X_pending, self.X_failed):
-            arr.setflags(write=False)
+        # defaults that depend on the other fields, so suggesters never test for None
+        if self.C is None:
+            object.__setattr__(self, "C", np.zeros((len(self.X), len(self.outcome_constraints))))
+        if self.objective_thresholds is None:
+            object.__setattr__(self, "objective_thresholds", np.full(self.Y.shape[1], np.nan))
+        for arr in (self.X, self.Y, self.X_pending, self.X_failed, self.C, self.objective_thresholds, self.reference_point):
+            if arr is not None:
+                arr.setflags(write=False)
 
     @property
     def X_seen(self) -> np.ndarray:
         """Every point already handed out (completed, in flight or failed)."""
         return np.concatenate([self.X, self.X_pending, self.X_failed], axis=0)
+
+    @property
+    def feasible(self) -> np.ndarray:
+        """(n_completed,) mask of the completed points that satisfy every outcome constraint."""
+        assert self.C is not None
+        return (self.C <= 0).all(axis=1)
 
 
 @dataclass(frozen=True)

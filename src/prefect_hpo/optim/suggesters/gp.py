@@ -10,6 +10,25 @@ this module picks the acquisition function and the optimizer that suits the spac
 * continuous spaces: ``optimize_acqf`` (with the linear constraints); spaces with ints, steps or
   choices: ``optimize_acqf_mixed_alternating``, which searches the discrete values themselves
   instead of rounding a continuous optimum; small finite spaces: every unseen point is scored.
+
+With several objectives or outcome constraints there are several outcomes to model, and each
+gets a GP of its own (``ModelListGP`` of the same single-output GPs, each with its own warm-started
+:class:`~prefect_hpo.optim.gp_model.SurrogateFitter`). Independent GPs rather than one batched
+multi-output GP: an accuracy and a latency have nothing in common (lengthscales, noise, output
+scale), the batched model would share none of it anyway, and separate fitters keep the one-
+objective model, its warm start and its tuned benchmarks exactly as they were. Then:
+
+* one objective with outcome constraints: ``qLogNoisyExpectedImprovement`` weighted by the
+  modelled probability of feasibility, always (the analytic LogEI takes no constraints);
+* 2-3 objectives: ``qLogNoisyExpectedHypervolumeImprovement`` (Daulton et al. 2021, with the
+  log-space numerics of Ament et al. 2023), the expected growth of the dominated hypervolume
+  measured from the experiment's reference point, with in-flight trials as ``X_pending``;
+* 4 or more objectives: ``qLogNParEGO``, qLogNEI on a random Chebyshev scalarization per point.
+  The exact hypervolume and its box decompositions grow exponentially with the number of
+  objectives (and NEHVI builds one per MC sample), while ParEGO costs what single-objective
+  qLogNEI costs whatever the count; it is BoTorch's recommendation beyond three objectives.
+
+The same space-dependent optimizers serve every acquisition function.
 """
 
 from __future__ import annotations
@@ -19,14 +38,20 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 from botorch.acquisition import AcquisitionFunction
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
+from botorch.acquisition.multi_objective.objective import IdentityMCMultiOutputObjective
+from botorch.acquisition.multi_objective.parego import qLogNParEGO
+from botorch.acquisition.objective import GenericMCObjective
 from botorch.exceptions import BotorchError
 from botorch.exceptions.warnings import OptimizationWarning
+from botorch.models import ModelListGP
 from linear_operator.utils.warnings import NumericalWarning
 from botorch.optim import optimize_acqf, optimize_acqf_discrete, optimize_acqf_mixed_alternating
 from botorch.sampling import SobolQMCNormalSampler
@@ -34,6 +59,7 @@ from linear_operator.utils.errors import NotPSDError
 from linear_operator.utils.errors import NanError
 
 from prefect_hpo.errors import SearchSpaceExhaustedError, SpecError
+from prefect_hpo.optim import pareto
 from prefect_hpo.optim.acquisition import CachedLogExpectedImprovement
 from prefect_hpo.optim.encoding import SpaceEncoder
 from prefect_hpo.optim.gp_model import SurrogateFitter
@@ -47,9 +73,17 @@ MAX_ENUMERATED_POINTS = 4096
 
 DTYPE = torch.float64
 
+#: Up to this many objectives the exact hypervolume (qLogNEHVI) is affordable; beyond, ParEGO.
+MAX_HYPERVOLUME_OBJECTIVES = 3
+
+#: Sharpness of the sigmoid that stands in for "constraint satisfied" (BoTorch's ``eta``), as a
+#: fraction of the spread of that constraint's observed slacks, so that a latency in ms and a
+#: parameter count in millions are judged equally sharply.
+CONSTRAINT_ETA = 1e-3
+
 
 class GPSuggester(Suggester):
-    """GP-based Bayesian optimization for one objective.
+    """GP-based Bayesian optimization, for one or several objectives, with outcome constraints.
 
     Until ``min_observations`` trials have completed there is nothing to model, so points come
     from ``fallback`` (a Sobol sequence, shared with ``auto`` so the two never repeat each other's
@@ -60,11 +94,12 @@ class GPSuggester(Suggester):
     ``"qlognei"``: always qLogNEI, for noisy objectives), ``mc_samples`` for qLogNEI, ``threads`` (default
     ``PREFECT_HPO_TORCH_THREADS`` or 1), extra ``optimizer_options``/``mixed_optimizer_options`` passed to
     BoTorch, and the model's ``kernel``, ``noise_floor``, ``warm_start``, ``refit_every``,
-    ``fit_maxiter`` (see :class:`~prefect_hpo.optim.gp_model.SurrogateFitter`).
+    ``fit_maxiter`` (see :class:`~prefect_hpo.optim.gp_model.SurrogateFitter`). With several
+    objectives or outcome constraints every outcome gets its own fitter with the same options.
     """
 
     name = "gp"
-    multi_objective = False
+    multi_objective = True
 
     def __init__(
         self,
@@ -96,12 +131,13 @@ class GPSuggester(Suggester):
         self.acquisition = acquisition
         self.optimizer_options = dict(optimizer_options or {})
         self.mixed_optimizer_options = dict(mixed_optimizer_options or {})
+        self.model_options = dict(model_options)
         self.fitter = SurrogateFitter(encoder, **model_options)
+        # fitters of the second and later outcomes (objectives, then constraints), made on demand
+        self.outcome_fitters: list[SurrogateFitter] = []
 
     # ---- the interface --------------------------------------------------------------------
     def suggest(self, observations: Observations, n: int, rng: np.random.Generator) -> list[Suggestion]:
-        if observations.Y.shape[1] != 1:
-            raise SpecError(f"algorithm 'gp': optimizes one objective, got {list(observations.objectives)}")
         if len(observations.X) < self.min_observations:
             logger.info(
                 "gp: %d completed trial(s), fewer than the %d a model needs; using %s for %d point(s)",
@@ -139,13 +175,24 @@ class GPSuggester(Suggester):
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"fitter": self.fitter.state_dict()}
+        state: dict[str, Any] = {"fitter": self.fitter.state_dict()}
+        if self.outcome_fitters:  # absent for one unconstrained objective: its state is unchanged
+            state["outcome_fitters"] = [f.state_dict() for f in self.outcome_fitters]
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.fitter.load_state_dict(state.get("fitter", {}))
+        self.outcome_fitters = []
+        for fitter_state in state.get("outcome_fitters", []):
+            fitter = SurrogateFitter(self.encoder, **self.model_options)
+            fitter.load_state_dict(fitter_state)
+            self.outcome_fitters.append(fitter)
 
     # ---- model -> acquisition -> optimizer -------------------------------------------------
     def _suggest_with_model(self, obs: Observations, n: int) -> np.ndarray:
+        assert obs.C is not None
+        if obs.Y.shape[1] > 1 or obs.C.shape[1] > 0:
+            return self._suggest_multi_outcome(obs, n).detach().cpu().numpy()
         train_X = torch.tensor(obs.X, dtype=DTYPE)
         train_Y = torch.tensor(obs.Y, dtype=DTYPE)
         model = self.fitter.fit(train_X, train_Y)
@@ -153,6 +200,103 @@ class GPSuggester(Suggester):
         acqf = self._acquisition(model, train_X, pending, n)
         candidates = self._optimize(acqf, obs, n)
         return candidates.detach().cpu().numpy()
+
+    # ---- several objectives, outcome constraints ---------------------------------------------
+    def _suggest_multi_outcome(self, obs: Observations, n: int) -> torch.Tensor:
+        """Objectives then constraint slacks as outcomes of one model list (see the module doc)."""
+        assert obs.C is not None
+        n_objectives = obs.Y.shape[1]
+        train_X = torch.tensor(obs.X, dtype=DTYPE)
+        model = self._fit_outcomes(train_X, torch.tensor(np.concatenate([obs.Y, obs.C], axis=1), dtype=DTYPE))
+        pending = torch.tensor(obs.X_pending, dtype=DTYPE) if len(obs.X_pending) else None
+        constraints, eta = self._constraints(obs.C, n_objectives)
+        sampler = SobolQMCNormalSampler(sample_shape=torch.Size([self.mc_samples]))
+        if n_objectives == 1:
+            acqf: AcquisitionFunction = qLogNoisyExpectedImprovement(
+                model,
+                X_baseline=train_X,
+                sampler=sampler,
+                objective=GenericMCObjective(_first_outcome),
+                constraints=constraints,
+                eta=eta,
+                X_pending=pending,
+                prune_baseline=True,
+                cache_root=False,
+            )
+            return self._optimize(acqf, obs, n)
+        # only the objectives enter the hypervolume; the constraint outcomes are read by callables
+        objective = IdentityMCMultiOutputObjective(outcomes=list(range(n_objectives))) if constraints else None
+        if n_objectives <= MAX_HYPERVOLUME_OBJECTIVES:
+            acqf = qLogNoisyExpectedHypervolumeImprovement(
+                model,
+                ref_point=torch.as_tensor(self._reference_point(obs), dtype=DTYPE),
+                X_baseline=train_X,
+                sampler=sampler,
+                objective=objective,
+                constraints=constraints,
+                eta=eta,
+                X_pending=pending,
+                prune_baseline=True,
+                cache_root=False,
+            )
+            return self._optimize(acqf, obs, n)
+        # ParEGO draws one scalarization per acquisition function: a batch gets one per point,
+        # each point treating the ones picked before it as in flight (as BoTorch's tutorial does)
+        picked: list[torch.Tensor] = []
+        for _ in range(n):
+            in_flight = [t for t in (pending, *picked) if t is not None]
+            batch_pending = torch.cat(in_flight) if in_flight else None
+            acqf = qLogNParEGO(
+                model,
+                X_baseline=train_X,
+                sampler=SobolQMCNormalSampler(sample_shape=torch.Size([self.mc_samples])),
+                objective=objective,
+                constraints=constraints,
+                eta=eta,
+                X_pending=batch_pending,
+                prune_baseline=True,
+                cache_root=False,
+            )
+            seen = obs if batch_pending is None else replace(obs, X_pending=batch_pending.numpy())
+            picked.append(self._optimize(acqf, seen, 1))
+        return torch.cat(picked)
+
+    def _fit_outcomes(self, train_X: torch.Tensor, outcomes: torch.Tensor) -> ModelListGP:
+        """One warm-started GP per outcome column; the first reuses the one-objective fitter."""
+        while len(self.outcome_fitters) < outcomes.shape[1] - 1:
+            self.outcome_fitters.append(SurrogateFitter(self.encoder, **self.model_options))
+        fitters = [self.fitter, *self.outcome_fitters]
+        return ModelListGP(*(fitters[i].fit(train_X, outcomes[:, i : i + 1]) for i in range(outcomes.shape[1])))
+
+    def _constraints(self, C: np.ndarray, offset: int) -> tuple[list[Any] | None, torch.Tensor | float]:
+        """Callables reading each constraint's slack outcome (feasible when <= 0), and their ``eta``.
+
+        BoTorch multiplies the improvement by ``sigmoid(-slack / eta)``, a smooth probability of
+        feasibility; ``eta`` is scaled by each slack's observed spread (see ``CONSTRAINT_ETA``).
+        """
+        if C.shape[1] == 0:
+            return None, CONSTRAINT_ETA
+        constraints = [_OutcomeColumn(offset + j) for j in range(C.shape[1])]
+        spread = C.std(axis=0) if len(C) > 1 else np.zeros(C.shape[1])
+        fallback = np.abs(C).max(axis=0) if len(C) else np.ones(C.shape[1])
+        scale = np.where(spread > 0, spread, np.where(fallback > 0, fallback, 1.0))
+        return constraints, torch.as_tensor(CONSTRAINT_ETA * scale, dtype=DTYPE)
+
+    @staticmethod
+    def _reference_point(obs: Observations) -> np.ndarray:
+        """The experiment's reference point; before any feasible trial, one inferred from all.
+
+        With thresholds missing and no feasible trial yet the experiment has no reference point;
+        hypervolume is then measured from the front of every observation, feasible or not, which
+        is the best guess of where the objectives' interesting range lies.
+        """
+        if obs.reference_point is not None:
+            return np.array(obs.reference_point, dtype=np.float64)
+        front = obs.Y[pareto.non_dominated(obs.Y)]
+        reference = pareto.infer_reference_point(front, np.asarray(obs.objective_thresholds))
+        if reference is None:  # no observation at all; suggest() falls back before getting here
+            raise BotorchError("no observation to infer a reference point from")
+        return reference
 
     def _acquisition(self, model: Any, train_X: torch.Tensor, pending: torch.Tensor | None, n: int) -> AcquisitionFunction:
         if pending is None and n == 1 and self.acquisition == "auto":
@@ -223,6 +367,24 @@ class GPSuggester(Suggester):
             )
         X, _ = optimize_acqf_discrete(acqf, q=n, choices=torch.as_tensor(unseen, dtype=DTYPE), unique=True)
         return X
+
+
+def _first_outcome(samples: torch.Tensor, X: torch.Tensor | None = None) -> torch.Tensor:
+    """The objective among the model list's outcomes (the rest are constraint slacks)."""
+    return samples[..., 0]
+
+
+class _OutcomeColumn:
+    """A constraint callable: the ``index``-th outcome, a slack that is <= 0 when satisfied.
+
+    A class rather than a lambda in a loop, which would capture the loop variable late.
+    """
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __call__(self, samples: torch.Tensor) -> torch.Tensor:
+        return samples[..., self.index]
 
 
 @contextmanager
