@@ -39,6 +39,9 @@ from provenance import git_revision  # noqa: E402
 
 OPTUNA_METHODS: tuple[str, ...] = ("optuna-tpe", "optuna-gp")
 DEFAULT_METHODS: tuple[str, ...] = ("auto", "sobol", "random")
+#: Methods that are an algorithm with options: the name in the table -> (algorithm, options).
+#: ``gp-init10`` is plain GP BO after the same 10 Sobol points SAASBO starts from.
+METHOD_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"gp-init10": ("gp", {"min_observations": 10})}
 # Suggester labels that are not model-based; anything else prefect-hpo reports counts as a model.
 NON_MODEL_SUGGESTERS = frozenset({"sobol", "random"})
 OBJECTIVE = "y"
@@ -112,10 +115,11 @@ def run_prefect(
     result = RunResult(problem.name, algorithm, seed, n_trials)
     noise_rng = np.random.default_rng(seed)
     start = time.perf_counter()
+    name, options = METHOD_VARIANTS.get(algorithm, (algorithm, None))
     exp = experiment_cls(
         # A copy, so an engine that normalises its input in place cannot alter the problem.
         name=problem.name, parameters=copy.deepcopy(problem.parameters),
-        objectives={OBJECTIVE: "minimize"}, algorithm=algorithm, seed=seed,
+        objectives={OBJECTIVE: "minimize"}, algorithm=name, seed=seed, algorithm_options=options,
     )
     for _ in range(n_trials):
         t0 = time.perf_counter()

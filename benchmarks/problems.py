@@ -221,7 +221,21 @@ def _build_problems() -> dict[str, Problem]:
         argmin={"x1": math.pi, "x2": 2.275, "lr": 1e-2, "layers": 5, "opt": "b"},
     )
     st_dim = 8
+    # Branin hidden in 30 unit-interval parameters: only x3 and x17 matter (SAASBO's setting; the
+    # indices are arbitrary but fixed, so no method can profit from the active ones coming first).
+    embedded_dim, active = 30, (3, 17)
+    branin30_argmin = {f"x{i}": 0.5 for i in range(embedded_dim)}
+    branin30_argmin.update({f"x{active[0]}": (math.pi + 5.0) / 15.0, f"x{active[1]}": 2.275 / 15.0})
+    branin30 = Problem(
+        name="branin30",
+        parameters=float_params("x", embedded_dim, 0.0, 1.0),
+        evaluate=lambda p: branin(15.0 * float(p[f"x{active[0]}"]) - 5.0, 15.0 * float(p[f"x{active[1]}"])),
+        optimum=BRANIN_OPTIMUM,
+        trials=50,
+        argmin=branin30_argmin,
+    )
     problems = [
+        branin30,
         branin_problem,
         _vector_problem("hartmann6", hartmann6, 6, (0.0, 1.0), HARTMANN6_OPTIMUM, 60, _H6_ARGMIN),
         mixed_problem,

@@ -39,7 +39,11 @@ BANDIT_CANDIDATES = [
      "batch": (16, 32, 64)[i % 3], "opt": ("adam", "sgd", "rmsprop")[i % 3], "epochs": 10}
     for i in range(8)
 ]
-OPTIONS = {"gp": FAST_GP, "auto": {"n_initial": 3, **FAST_GP}, "bandit": {"candidates": BANDIT_CANDIDATES}}
+# SAASBO with a few dozen NUTS steps: each fit compiles and runs in seconds.
+QUICK_SAASBO = {"n_initial": 3, "warmup_steps": 16, "num_samples": 16, "thinning": 4, **FAST_GP}
+OPTIONS = {
+    "gp": FAST_GP, "auto": {"n_initial": 3, **FAST_GP}, "bandit": {"candidates": BANDIT_CANDIDATES}, "saasbo": QUICK_SAASBO,
+}
 
 
 def mixed_objective(p):
@@ -129,7 +133,7 @@ def test_suggestions_are_reproducible_for_a_seed(algorithm):
     assert [t.params for t in a.ask(3)] == [t.params for t in b.ask(3)]
 
 
-@pytest.mark.parametrize("algorithm", [a for a in ALL if a not in ("gp", "auto", "bandit")])
+@pytest.mark.parametrize("algorithm", [a for a in ALL if a not in ("gp", "auto", "bandit", "saasbo")])
 def test_model_free_suggesters_work_with_several_objectives(algorithm):
     exp = Experiment(
         "mo", MIXED, objectives={"loss": "minimize", "acc": "maximize"}, algorithm=algorithm, seed=0,

@@ -100,6 +100,11 @@ class Experiment:
                 f"algorithm {algorithm!r}: optimizes a single objective, got {list(self.objectives)}; "
                 "use 'auto', 'gp', 'sobol' or 'random' for several objectives"
             )
+        if self.outcome_constraints and not self.suggester.outcome_constraints:
+            raise SpecError(
+                f"algorithm {algorithm!r}: does not model outcome constraints "
+                f"{[c.expression for c in self.outcome_constraints]}; use 'auto' or 'gp'"
+            )
         self._trials: list[Trial] = []
         self._ask_calls = 0
 

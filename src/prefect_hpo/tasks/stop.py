@@ -61,6 +61,19 @@ def decide_stop(runtime: HPORuntime) -> list[StopDecision]:
         handle = trial.metadata.get("handle")
         if trial.status is not TrialStatus.RUNNING or handle is None:
             continue
+        # The decision rests on the reports of the last poll; a trial that has since finished,
+        # or trained through the policy's whole budget, is left to end as completed (on a busy
+        # machine a fast trial can run several rungs ahead of the flow).
+        latest = runtime.launcher.poll(handle)
+        _absorb(runtime, trial, latest.reports)
+        if latest.state is not TrialState.RUNNING:
+            logger.info("trial %d ended on its own before the %s policy stopped it", trial.index, policy.name)
+            continue
+        steps = [step for step, _ in trial_history(trial) if step is not None]
+        if policy.max_steps is not None and steps and max(steps) >= policy.max_steps:
+            logger.info("trial %d reached max_steps=%d before the %s policy stopped it; it finishes",
+                        trial.index, policy.max_steps, policy.name)
+            continue
         reason = f"{policy.name} on {metric}: {decision.reason}"
         runtime.launcher.kill(handle, reason=reason)
         result = runtime.launcher.poll(handle)  # what it reported between the poll and the kill

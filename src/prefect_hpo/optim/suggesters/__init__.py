@@ -16,6 +16,7 @@ from prefect_hpo.optim.suggesters.base import Observations, Suggester, Suggestio
 from prefect_hpo.optim.suggesters.gp import GPSuggester
 from prefect_hpo.optim.suggesters.grid import GridSuggester
 from prefect_hpo.optim.suggesters.random import RandomSuggester
+from prefect_hpo.optim.suggesters.saasbo import SAASBOSuggester
 from prefect_hpo.optim.suggesters.sobol import SobolSuggester
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "GridSuggester",
     "Observations",
     "RandomSuggester",
+    "SAASBOSuggester",
     "SobolSuggester",
     "Suggester",
     "Suggestion",
@@ -63,5 +65,5 @@ def make_suggester(name: str, encoder: SpaceEncoder, *, seed: int, options: dict
         raise SpecError(f"algorithm {name!r}: bad algorithm_options {options}: {exc}") from None
 
 
-for _cls in (AutoSuggester, BanditSuggester, GPSuggester, GridSuggester, RandomSuggester, SobolSuggester):
+for _cls in (AutoSuggester, BanditSuggester, GPSuggester, GridSuggester, RandomSuggester, SAASBOSuggester, SobolSuggester):
     register_suggester(_cls)

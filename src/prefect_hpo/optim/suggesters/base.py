@@ -97,6 +97,8 @@ class Suggester(ABC):
     name: ClassVar[str]
     #: Whether the algorithm can work with several objectives (model-free ones ignore values).
     multi_objective: ClassVar[bool] = True
+    #: Whether the algorithm can honour outcome constraints (model-free ones ignore values).
+    outcome_constraints: ClassVar[bool] = True
 
     def __init__(self, encoder: SpaceEncoder, *, seed: int) -> None:
         self.encoder = encoder
