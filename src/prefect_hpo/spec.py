@@ -42,6 +42,35 @@ class BudgetSpec(_Strict):
     wall_time_s: float | None = Field(default=None, gt=0, description="stop launching after this many seconds")
 
 
+class WorkPoolSpec(_Strict):
+    """Run each trial as a flow run of a trial deployment on a Prefect work pool.
+
+    The deployment runs the package's trial flow (``prefect_hpo.flows.trial:trial_flow``, see
+    ``deployments/prefect.yaml``); the work pool decides where: a worker's process, a Docker
+    container, a Kubernetes pod. ``gpus_per_trial`` reaches the pool as the job variable named by
+    ``gpu_variable`` (the shipped Kubernetes template turns it into an ``nvidia.com/gpu`` request).
+    """
+
+    deployment: str = Field(description="'flow-name/deployment-name' of the trial deployment, e.g. 'prefect-hpo-trial/process'")
+    job_variables: dict[str, Any] = Field(default_factory=dict, description="per-run overrides of the pool's job template")
+    gpu_variable: str | None = Field(
+        default="gpus", description="job variable that receives gpus_per_trial (only when > 0); null: pass none"
+    )
+    concurrency_limit: str | None = Field(
+        default=None,
+        description="Prefect global concurrency limit of which each trial holds gpus_per_trial slots while it runs",
+    )
+    kill_wait_s: float = Field(default=30.0, ge=0, description="how long a stop waits for the flow run to end")
+
+    @field_validator("deployment")
+    @classmethod
+    def _flow_and_name(cls, v: str) -> str:
+        flow_name, _, name = v.partition("/")
+        if not flow_name or not name or "/" in name:
+            raise ValueError(f"expected 'flow-name/deployment-name', got {v!r}")
+        return v
+
+
 class TrialSpec(_Strict):
     """What one trial runs and how it is treated (timeouts, retries, GPUs)."""
 
@@ -56,11 +85,15 @@ class TrialSpec(_Strict):
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables for the trial")
     cwd: str | None = Field(default=None, description="working directory of the trial (default: the current one)")
     poll_interval_s: float = Field(default=1.0, gt=0, le=60, description="longest wait between two polls")
+    work_pool: WorkPoolSpec | None = Field(default=None, description="run trials as flow runs of a deployment on a work pool")
 
     @model_validator(mode="after")
     def _one_entry_point(self) -> TrialSpec:
         if (self.command is None) == (self.callable is None):
             raise ValueError("give exactly one of 'command' or 'callable'")
+        if self.work_pool is not None and self.in_process:
+            raise ValueError("work_pool: a Python function object cannot travel to a work pool; "
+                             "give it as 'package.module:function'")
         if self.command is not None and not self.command.strip():
             raise ValueError("command: must not be empty")
         if isinstance(self.callable, str) and not (_CALLABLE.match(self.callable) or self.callable.startswith(IN_PROCESS)):

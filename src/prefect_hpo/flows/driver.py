@@ -20,6 +20,7 @@ from prefect_hpo.flows.progress import Progress, notify
 from prefect_hpo.launchers.base import Launcher
 from prefect_hpo.launchers.inprocess import InProcessLauncher
 from prefect_hpo.launchers.local import LocalProcessLauncher
+from prefect_hpo.launchers.work_pool import WorkPoolLauncher
 from prefect_hpo.optim.outcome import experiment_outcome
 from prefect_hpo.optim.stopping import StoppingPolicy
 from prefect_hpo.optim.trials import Trial, TrialStatus
@@ -88,9 +89,9 @@ def open_runtime(
         state, resuming = _load_state(store, exp_name, given, resume)
         if given is not None and given.storage != storage_uri:
             state.spec = state.spec.model_copy(update={"storage": storage_uri})
-        launcher = launcher or _launcher_for(state.spec)
-        launcher.free_slots(state.spec.trial.gpus_per_trial)  # refuses impossible GPU requests before anything is written
         tracker = MlflowTracker(state.spec.tracking_uri or state.tracking_uri, exp_name)
+        launcher = launcher or _launcher_for(state.spec, tracker, state.experiment.metric_names)
+        launcher.free_slots(state.spec.trial.gpus_per_trial)  # refuses impossible GPU requests before anything is written
         state.tracking_uri = tracker.tracking_uri
         if state.parent_run_id is None:
             state.parent_run_id = (tracker.find_experiment_run() if resuming else None) or tracker.start_experiment_run(
@@ -128,8 +129,10 @@ def _stopping_policy(state: ExperimentState) -> StoppingPolicy:
     return policy
 
 
-def _launcher_for(spec: ExperimentSpec) -> Launcher:
+def _launcher_for(spec: ExperimentSpec, tracker: MlflowTracker, metric_names: Sequence[str]) -> Launcher:
     trial = spec.trial
+    if trial.work_pool is not None:
+        return WorkPoolLauncher(trial.work_pool, tracker, metric_names)
     if trial.in_process:
         assert callable(trial.callable)
         return InProcessLauncher(trial.callable, list(spec.objectives))

@@ -53,12 +53,15 @@ class PollResult:
     the start). ``reason`` says why a FAILED attempt failed, e.g. ``"exit code 3"``,
     ``"timed out after 2.5 s"``, ``"killed by signal 9 (SIGKILL)"``,
     ``"process vanished without an exit status"``, ``"malformed report line: ..."``.
+    ``tracked`` is true when the reports came from MLflow, where the trial logged them itself.
     """
 
     state: TrialState
     reports: list[Report] = field(default_factory=list)
     reason: str | None = None
     exit_code: int | None = None
+    #: The reports are already in the trial's MLflow run (the launcher read them from there).
+    tracked: bool = False
 
 
 class Launcher(ABC):

@@ -169,6 +169,16 @@ def _same_value(a: float, b: float) -> bool:
     return a == b or (math.isnan(a) and math.isnan(b))
 
 
+def _from_store(value: float) -> float:
+    """Undo SQL stores' spelling of infinity as the largest double (see ``log_reports``)."""
+    if abs(value) >= _LARGEST_DOUBLE:
+        return math.copysign(math.inf, value)
+    return float(value)
+
+
+_LARGEST_DOUBLE = 1.7976931348623157e308
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -543,6 +553,35 @@ class MlflowTracker:
             room = _MAX_ENTITIES_PER_BATCH - len(p) - len(t)
             m, metrics = metrics[:room], metrics[room:]
             self._client.log_batch(run_id, metrics=m, params=p, tags=t, synchronous=True)
+
+    def upload_log(self, run_id: str, log_file: Path, attempt: int) -> None:
+        """Attach an attempt's output to its trial run as ``logs/attempt-N.log``."""
+        with self._errors("upload a trial log"):
+            self._upload_log(run_id, log_file, attempt)
+
+    def read_reports(self, run_id: str, seen: dict[str, int], names: Sequence[str] = ()) -> list[Report]:
+        """The metrics logged to a trial run since the last call, as reports grouped by step.
+
+        This is how the flow follows a trial that runs elsewhere (on a work pool) and logs its
+        reports straight to its run. ``seen`` counts the entries already returned per metric and
+        is updated; an empty dict replays everything. ``names`` are the metric names the caller
+        knows (objectives, constrained metrics): their MLflow-safe spelling is mapped back.
+        """
+        original = {_clean_name(n): n for n in names}
+        points: dict[int, dict[str, float]] = {}
+        with self._errors("read a trial's metrics"):
+            keys = sorted(self._client.get_run(run_id).data.metrics)
+            for key in keys:
+                history = self._client.get_metric_history(run_id, key)
+                history = sorted(history, key=lambda m: (m.step, m.timestamp))
+                for metric in history[seen.get(key, 0):]:
+                    points.setdefault(int(metric.step), {})[original.get(key, key)] = _from_store(metric.value)
+                seen[key] = len(history)
+                if history:  # as if logged here: finish_trial_run then adds no duplicate final value
+                    with self._lock:
+                        self._max_step[run_id] = max(self._max_step.get(run_id, -1), int(history[-1].step))
+                        self._last_value.setdefault(run_id, {})[key] = float(history[-1].value)
+        return [Report(step, metrics) for step, metrics in sorted(points.items())]
 
     def _upload_log(self, run_id: str, log_file: Path, attempt: int) -> None:
         if not log_file.is_file():

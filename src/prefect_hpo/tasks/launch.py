@@ -124,5 +124,6 @@ def launch_trial(runtime: HPORuntime, index: int) -> dict[str, Any] | None:
         return None
     trial.metadata["handle"] = handle
     # the checkpoint comes after this task; a flow killed in between finds the process here
+    request.workdir.mkdir(parents=True, exist_ok=True)  # a remote launcher makes no local folder
     (request.workdir / HANDLE_FILE).write_text(json.dumps(handle))
     return handle

@@ -24,6 +24,7 @@ class TrialUpdate:
     reports: list[Report] = field(default_factory=list)
     reason: str | None = None
     exit_code: int | None = None
+    tracked: bool = False  # the reports are in MLflow already
 
 
 @task(name="poll_trials", cache_policy=NO_CACHE, persist_result=False)
@@ -47,5 +48,5 @@ def poll_trials(runtime: HPORuntime, indices: list[int]) -> list[TrialUpdate]:
                 {"step": r.step, "metrics": json_safe_metrics(r.metrics)} for r in reports
             )
         if reports or result.state is not TrialState.RUNNING:
-            updates.append(TrialUpdate(index, result.state, reports, result.reason, result.exit_code))
+            updates.append(TrialUpdate(index, result.state, reports, result.reason, result.exit_code, result.tracked))
     return updates

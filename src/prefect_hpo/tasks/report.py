@@ -42,7 +42,7 @@ def report_trials(runtime: HPORuntime, updates: list[TrialUpdate]) -> list[Outco
     for update in updates:
         trial = exp.trial(update.index)
         run_id = trial.metadata.get("run_id")
-        if update.reports and run_id:
+        if update.reports and run_id and not update.tracked:
             try:
                 tracker.log_reports(run_id, update.reports)
             except StorageError as exc:

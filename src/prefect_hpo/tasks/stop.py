@@ -17,12 +17,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from prefect_hpo.errors import StorageError
-from prefect_hpo.launchers.base import TrialState
+from prefect_hpo.launchers.base import PollResult, TrialState
 from prefect_hpo.optim.stopping import MetricHistory, StopDecision
 from prefect_hpo.optim.trials import Trial, TrialStatus
 from prefect_hpo.storage.state import json_safe_metrics
 from prefect_hpo.tasks.runtime import HPORuntime, final_values, trial_history
-from prefect_hpo.trial import Report
 
 __all__ = ["decide_stop", "learning_curves"]
 
@@ -65,7 +64,7 @@ def decide_stop(runtime: HPORuntime) -> list[StopDecision]:
         # or trained through the policy's whole budget, is left to end as completed (on a busy
         # machine a fast trial can run several rungs ahead of the flow).
         latest = runtime.launcher.poll(handle)
-        _absorb(runtime, trial, latest.reports)
+        _absorb(runtime, trial, latest)
         if latest.state is not TrialState.RUNNING:
             logger.info("trial %d ended on its own before the %s policy stopped it", trial.index, policy.name)
             continue
@@ -77,7 +76,7 @@ def decide_stop(runtime: HPORuntime) -> list[StopDecision]:
         reason = f"{policy.name} on {metric}: {decision.reason}"
         runtime.launcher.kill(handle, reason=reason)
         result = runtime.launcher.poll(handle)  # what it reported between the poll and the kill
-        _absorb(runtime, trial, result.reports)
+        _absorb(runtime, trial, result)
         if result.state is not TrialState.FAILED or not (result.reason or "").startswith(reason):
             logger.info("trial %d ended on its own before the %s policy stopped it", trial.index, policy.name)
             continue
@@ -91,14 +90,15 @@ def decide_stop(runtime: HPORuntime) -> list[StopDecision]:
     return carried_out
 
 
-def _absorb(runtime: HPORuntime, trial: Trial, reports: list[Report]) -> None:
+def _absorb(runtime: HPORuntime, trial: Trial, result: PollResult) -> None:
+    reports = result.reports
     if not reports:
         return
     trial.metadata.setdefault("history", []).extend(
         {"step": r.step, "metrics": json_safe_metrics(r.metrics)} for r in reports
     )
     run_id = trial.metadata.get("run_id")
-    if run_id:
+    if run_id and not result.tracked:
         try:
             runtime.tracker.log_reports(run_id, reports)
         except StorageError as exc:

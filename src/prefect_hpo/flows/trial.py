@@ -1,0 +1,106 @@
+"""The trial flow: one trial attempt as a Prefect flow run, for trials that run on a work pool.
+
+The HPO flow starts it through a deployment (``run_deployment``, see
+:mod:`prefect_hpo.launchers.work_pool`), so a trial runs wherever the deployment's work pool puts
+it: a process on a worker's machine, a Docker container, a Kubernetes pod with GPUs. Inside, the
+trial's command runs exactly as the local launcher runs it (its own process group, the report
+protocol, a timeout), and every report goes to the trial's MLflow run, created by the HPO flow
+and named in ``MLFLOW_RUN_ID``: MLflow is where the HPO flow reads the learning curve back, so a
+trial needs no path back to the flow's machine other than the tracking server.
+
+With ``concurrency_limit`` the attempt holds ``gpus`` slots of that Prefect global concurrency
+limit while its command runs: experiments that share a limit of N never run more than N GPUs of
+trials together, whatever their own ``max_parallel``.
+
+The flow run ends COMPLETED when the command exits 0, FAILED with the reason otherwise; a
+cancelled flow run (a stopping policy, or a user in the UI) kills the command's process group on
+its way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.concurrency.sync import concurrency
+
+from prefect_hpo.errors import StorageError, TrialError
+from prefect_hpo.launchers.base import LaunchRequest, TrialState
+from prefect_hpo.launchers.local import LocalProcessLauncher
+from prefect_hpo.storage.tracking import MlflowTracker
+
+__all__ = ["TRIAL_FLOW_NAME", "trial_flow"]
+
+logger = logging.getLogger(__name__)
+
+TRIAL_FLOW_NAME = "prefect-hpo-trial"
+#: How often the flow looks at the command's output; a report reaches MLflow within this.
+REPORT_INTERVAL_S = 0.5
+
+
+@flow(name=TRIAL_FLOW_NAME, log_prints=False, persist_result=False)
+def trial_flow(
+    experiment: str,
+    index: int,
+    attempt: int,
+    command: str,
+    params: dict[str, Any],
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    timeout_s: float | None = None,
+    gpus: int = 0,
+    concurrency_limit: str | None = None,
+    mlflow_experiment: str | None = None,
+) -> dict[str, Any]:
+    """Run one attempt of trial ``index``; returns its exit code and how many reports it made."""
+    env = dict(env or {})
+    tracker, run_id = _tracker(env, mlflow_experiment or experiment)
+    quota = concurrency(concurrency_limit, occupy=gpus) if concurrency_limit and gpus > 0 else nullcontext()
+    with quota, tempfile.TemporaryDirectory(prefix=f"prefect-hpo-{index}-{attempt}-") as scratch:
+        launcher = LocalProcessLauncher()
+        request = LaunchRequest(
+            experiment=experiment, index=index, attempt=attempt, command=command, params=params,
+            env=env, workdir=Path(scratch), cwd=Path(cwd) if cwd else None, timeout_s=timeout_s, gpus_per_trial=gpus,
+        )
+        handle = launcher.launch(request)
+        reported = 0
+        try:
+            while True:
+                result = launcher.poll(handle)
+                if result.reports and tracker is not None and run_id:
+                    tracker.log_reports(run_id, result.reports)
+                reported += len(result.reports)
+                if result.state is not TrialState.RUNNING:
+                    break
+                launcher.wait_any([handle], REPORT_INTERVAL_S)
+        finally:
+            # a cancelled flow run (Prefect raises in this thread on SIGTERM) or any error here
+            # must not leave the trial's processes behind
+            launcher.kill(handle, reason="the trial flow run ended")
+            log = Path(scratch) / "output.log"
+            if tracker is not None and run_id and log.is_file():
+                try:
+                    tracker.upload_log(run_id, log, attempt)
+                except StorageError as exc:
+                    logger.warning("trial %d: log not uploaded to MLflow: %s", index, exc)
+    if result.state is TrialState.FAILED:
+        raise TrialError(result.reason or "failed")
+    return {"exit_code": result.exit_code, "reports": reported}
+
+
+def _tracker(env: dict[str, str], experiment_name: str) -> tuple[MlflowTracker | None, str | None]:
+    uri = env.get("MLFLOW_TRACKING_URI") or os.environ.get("MLFLOW_TRACKING_URI")
+    run_id = env.get("MLFLOW_RUN_ID")
+    if not uri or not run_id:
+        logger.warning("no MLflow run for this trial: its reports reach nobody but its log")
+        return None, None
+    try:
+        return MlflowTracker(uri, experiment_name), run_id
+    except StorageError as exc:
+        logger.warning("MLflow unreachable (%s); the trial runs, its reports are only in its log", exc)
+        return None, None
