@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -42,12 +43,13 @@ def _stop(proc: subprocess.Popen, signals: list[int]) -> None:
         proc.wait(timeout=10)
 
 
-@pytest.fixture
-def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
+@contextmanager
+def running_server(home: Path) -> Iterator[dict[str, str]]:
+    """`prefect server start` on a free loopback port; yields the environment that talks to it."""
     port = _free_port()
     env = {
         **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_HOME": str(home / "prefect-home"),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -68,6 +70,12 @@ def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
         yield env
     finally:
         _stop(server, [signal.SIGINT, signal.SIGTERM])
+
+
+@pytest.fixture
+def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
+    with running_server(tmp_path) as env:
+        yield env
 
 
 def copy_checkout(dest: Path) -> Path:

@@ -60,12 +60,16 @@ def trial_flow(
     """Run one attempt of trial ``index``; returns its exit code and how many reports it made."""
     env = dict(env or {})
     tracker, run_id = _tracker(env, mlflow_experiment or experiment)
-    quota = concurrency(concurrency_limit, occupy=gpus) if concurrency_limit and gpus > 0 else nullcontext()
+    # strict: a misspelt or missing limit fails the trial with Prefect's reason instead of
+    # silently running it without a quota
+    quota = concurrency(concurrency_limit, occupy=gpus, strict=True) if concurrency_limit and gpus > 0 else nullcontext()
     with quota, tempfile.TemporaryDirectory(prefix=f"prefect-hpo-{index}-{attempt}-") as scratch:
         launcher = LocalProcessLauncher()
         request = LaunchRequest(
             experiment=experiment, index=index, attempt=attempt, command=command, params=params,
-            env=env, workdir=Path(scratch), cwd=Path(cwd) if cwd else None, timeout_s=timeout_s, gpus_per_trial=gpus,
+            # The infrastructure gives the run its GPUs (a pod sees exactly the devices it
+            # requested), so nothing is partitioned here; ``gpus`` only sizes the quota above.
+            env=env, workdir=Path(scratch), cwd=Path(cwd) if cwd else None, timeout_s=timeout_s, gpus_per_trial=0,
         )
         handle = launcher.launch(request)
         reported = 0
