@@ -14,7 +14,7 @@ export DO_NOT_TRACK ?= true
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: install quickstart test test-all bench clean
+.PHONY: install quickstart test test-e2e bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,12 @@ quickstart: install
 	$(VENV)/bin/prefect-hpo run examples/quickstart.yaml
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not e2e"
+
+# End-to-end suites against `prefect server start` with workers and deployments (minutes each);
+# CI runs them after `make test`.
+test-e2e: install
+	$(PY) -m pytest -q -m e2e
 
 bench: install
 	$(PY) -m pip install --quiet -e ".[bench]"

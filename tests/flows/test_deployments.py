@@ -17,7 +17,7 @@ from serverkit import copy_checkout, prefect_cli, prefect_server, start_worker, 
 from prefect_hpo.storage.checkpoint import open_store
 from prefect_hpo.storage.state import ExperimentState
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 def test_the_shipped_deployments_run_on_a_process_worker(prefect_server: dict[str, str], tmp_path: Path) -> None:

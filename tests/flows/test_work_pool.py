@@ -29,7 +29,7 @@ from serverkit import copy_checkout, prefect_cli, running_server, start_worker, 
 from prefect_hpo.storage.checkpoint import open_store
 from prefect_hpo.storage.state import ExperimentState
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(420)]
 
 DEPLOYMENT = "prefect-hpo-trial/process"
 
