@@ -36,7 +36,7 @@ from prefect_hpo.launchers.base import Launcher, LaunchRequest, PollResult, Tria
 from prefect_hpo.spec import WorkPoolSpec
 from prefect_hpo.storage.tracking import MlflowTracker
 
-__all__ = ["WorkPoolLauncher"]
+__all__ = ["WorkPoolLauncher", "job_variables_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,15 @@ _FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CA
 #: Environment variables that describe the HPO flow's own machine and must not travel to a trial
 #: that may run in a container: PATH points at the flow's virtualenv.
 _LOCAL_ONLY_ENV = ("PATH",)
+
+
+def job_variables_for(pool: WorkPoolSpec, gpus_per_trial: int) -> dict[str, Any]:
+    """The job variables of one trial's flow run: the spec's, plus its GPU count under
+    ``pool.gpu_variable`` (only for GPU trials, so a CPU trial's manifest requests no GPU)."""
+    variables = dict(pool.job_variables)
+    if pool.gpu_variable and gpus_per_trial > 0:
+        variables[pool.gpu_variable] = gpus_per_trial
+    return variables
 
 
 class WorkPoolLauncher(Launcher):
@@ -60,9 +69,7 @@ class WorkPoolLauncher(Launcher):
     # -- the Launcher interface ---------------------------------------------------------------
     def launch(self, request: LaunchRequest) -> dict[str, Any]:
         env = {k: v for k, v in request.env.items() if k not in _LOCAL_ONLY_ENV}
-        job_variables = dict(self.pool.job_variables)
-        if self.pool.gpu_variable and request.gpus_per_trial > 0:
-            job_variables[self.pool.gpu_variable] = request.gpus_per_trial
+        job_variables = job_variables_for(self.pool, request.gpus_per_trial)
         parameters = {
             "experiment": request.experiment,
             "index": request.index,
