@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from prefect_hpo import __version__
 from prefect_hpo.errors import ExperimentNotFoundError, PrefectHPOError
 from prefect_hpo.spec import DEFAULT_STORAGE, ExperimentSpec
+from prefect_hpo.tenancy import caller_tenant, check_owner, mlflow_experiment_name, resolve_tenant, scoped_storage
 
 # Offline and quiet by default (no telemetry, no "View run" lines); explicit settings win.
 _QUIET = {
@@ -68,12 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("name")
     status.add_argument("--storage", default=DEFAULT_STORAGE, help=f"checkpoint store (default {DEFAULT_STORAGE})")
     status.add_argument("--json", action="store_true", help="print a JSON object with a 'trials' list")
+    _tenant_option(status)
     status.set_defaults(handler=_status)
 
     best = sub.add_parser("best", help="print an experiment's best trial")
     best.add_argument("name")
     best.add_argument("--storage", default=DEFAULT_STORAGE)
     best.add_argument("--json", action="store_true")
+    _tenant_option(best)
     best.set_defaults(handler=_best)
 
     validate = sub.add_parser("validate", help="check a spec, or a bare search space, in a YAML/JSON file")
@@ -91,6 +94,11 @@ def _flow_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for another driver's lease")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("--verbose", action="store_true", help="show Prefect's own INFO logs")
+    _tenant_option(p)
+
+
+def _tenant_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tenant", default=None, help="the calling tenant (default $PREFECT_HPO_TENANT); see the README")
 
 
 # ---- run / resume ------------------------------------------------------------------------------
@@ -111,20 +119,24 @@ def _run_flow(args: argparse.Namespace, *, spec: dict[str, Any] | None, name: st
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # "Creating initial MLflow database tables..."
         # the temporary server prints cancellation tracebacks when it stops; they are noise
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+    from prefect_hpo.flows.driver import check_access
     from prefect_hpo.flows.hpo import hpo_flow
     from prefect_hpo.flows.progress import add_listener, remove_listener
+
+    check_access(spec, name=name, storage=args.storage, tenant=args.tenant)
 
     display = _ProgressDisplay(sys.stderr)
     if not args.quiet:
         add_listener(display)
     try:
-        best = hpo_flow(spec=spec, resume=resume, name=name, storage=args.storage, lease_wait_s=args.wait)
+        best = hpo_flow(spec=spec, resume=resume, name=name, storage=args.storage, lease_wait_s=args.wait, tenant=args.tenant)
     finally:
         remove_listener(display)
         display.close()
     exp_name = spec["name"] if spec else name
     storage = args.storage or (spec or {}).get("storage") or DEFAULT_STORAGE
-    _print_outcome(exp_name, storage, best)
+    tenant = resolve_tenant((spec or {}).get("tenant"), caller_tenant(args.tenant))
+    _print_outcome(exp_name, storage, best, tenant)
     return EXIT_OK
 
 
@@ -155,11 +167,11 @@ class _ProgressDisplay:
             self.stream.flush()
 
 
-def _print_outcome(name: str | None, storage: str, best: dict[str, Any] | None) -> None:
+def _print_outcome(name: str | None, storage: str, best: dict[str, Any] | None, tenant: str | None) -> None:
     from prefect_hpo.flows.driver import trials_dir_for
     from prefect_hpo.storage.checkpoint import open_store
 
-    store = open_store(storage)
+    store = open_store(scoped_storage(storage, tenant))
     if best is None:
         print(f"{name}: no trial completed")
     elif "pareto_front" in best:
@@ -170,32 +182,39 @@ def _print_outcome(name: str | None, storage: str, best: dict[str, Any] | None) 
         print(f"{name}: best trial {best['index']}: {values}")
         print("  params: " + ", ".join(f"{k}={v}" for k, v in best["params"].items()))
     print(f"  checkpoint: {store.location(str(name))}")
-    print(f"  trial logs: {trials_dir_for(storage, str(name))}")
-    state = _read_state(str(name), storage)
+    print(f"  trial logs: {trials_dir_for(scoped_storage(storage, tenant), str(name), tenant)}")
+    state = _read_state(str(name), storage, tenant)
     uri = state.tracking_uri or "(MLFLOW_TRACKING_URI)"
-    print(f"  MLflow:     mlflow ui --backend-store-uri {uri}   (experiment {name!r}, parent run {state.parent_run_id})")
+    mlflow_name = mlflow_experiment_name(str(name), tenant)
+    print(f"  MLflow:     mlflow ui --backend-store-uri {uri}   (experiment {mlflow_name!r}, parent run {state.parent_run_id})")
     print(f"  status:     prefect-hpo status {name}" + (f" --storage {storage}" if storage != DEFAULT_STORAGE else ""))
 
 
 # ---- status / best -----------------------------------------------------------------------------
-def _read_state(name: str, storage: str) -> Any:
+def _read_state(name: str, storage: str, tenant: str | None) -> Any:
+    """The checkpoint of ``name`` in the caller's tenant's part of ``storage``; another tenant's
+    experiment is refused even when ``storage`` points straight at it."""
     from prefect_hpo.storage.checkpoint import open_store
     from prefect_hpo.storage.state import ExperimentState
 
-    store = open_store(storage)
+    store = open_store(scoped_storage(storage, tenant))
     text = store.read(name)
     if text is None:
+        where = f" of tenant {tenant!r}" if tenant is not None else ""
         raise ExperimentNotFoundError(
-            f"experiment {name!r}: no checkpoint at {store.location(name)}"
+            f"experiment {name!r}{where}: no checkpoint at {store.location(name)}"
             + ("" if storage != DEFAULT_STORAGE else " (pass --storage if it lives elsewhere)")
         )
-    return ExperimentState.from_json(text, store.location(name))
+    state = ExperimentState.from_json(text, store.location(name))
+    check_owner(name, state.spec.tenant, tenant)
+    return state
 
 
 def _status(args: argparse.Namespace) -> int:
     from prefect_hpo.storage.checkpoint import open_store
 
-    state = _read_state(args.name, args.storage)
+    tenant = caller_tenant(args.tenant)
+    state = _read_state(args.name, args.storage, tenant)
     exp = state.experiment
     front = {t.index for t in exp.pareto_front()} if exp.is_multi_objective else None
     trials = [
@@ -221,7 +240,7 @@ def _status(args: argparse.Namespace) -> int:
     for t in exp.trials:
         counts[t.status.value] = counts.get(t.status.value, 0) + 1
     best = _best_dict(exp)
-    lease = open_store(args.storage).read_lease(args.name)
+    lease = open_store(scoped_storage(args.storage, tenant)).read_lease(args.name)
     stopping_rule = state.spec.stopping.build().describe()
     if args.json:
         doc = {
@@ -268,7 +287,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _best(args: argparse.Namespace) -> int:
     """The best trial; for several objectives the Pareto front (``--json``: the same as a dict)."""
-    state = _read_state(args.name, args.storage)
+    state = _read_state(args.name, args.storage, caller_tenant(args.tenant))
     best = _best_dict(state.experiment)
     if best is None:
         print(f"prefect-hpo: error: experiment {args.name!r} has no completed (feasible) trial yet", file=sys.stderr)

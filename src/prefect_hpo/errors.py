@@ -58,6 +58,10 @@ class ExperimentNotFoundError(PrefectHPOError, LookupError):
     """No checkpoint (and no MLflow record) exists for the named experiment."""
 
 
+class TenantError(PrefectHPOError, PermissionError):
+    """An experiment of one tenant was asked for by another (or by a caller with no tenant)."""
+
+
 class LeaseHeldError(PrefectHPOError, RuntimeError):
     """Another flow is driving this experiment; two drivers would launch trials twice."""
 

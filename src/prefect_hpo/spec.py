@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serial
 
 from prefect_hpo.errors import SearchSpaceError, SpecError
 from prefect_hpo.optim.space import SearchSpace, load_document
+from prefect_hpo.tenancy import check_tenant_name, check_work_pool_names
 
 if TYPE_CHECKING:
     from prefect_hpo.optim.experiment import Experiment
@@ -61,6 +62,7 @@ class WorkPoolSpec(_Strict):
         description="Prefect global concurrency limit of which each trial holds gpus_per_trial slots while it runs",
     )
     kill_wait_s: float = Field(default=30.0, ge=0, description="how long a stop waits for the flow run to end")
+    work_queue: str | None = Field(default=None, description="the pool's work queue; with a tenant, default the tenant's")
 
     @field_validator("deployment")
     @classmethod
@@ -185,6 +187,26 @@ class ExperimentSpec(_Strict):
     stopping: StoppingSpec = Field(default_factory=StoppingSpec)
     storage: str = DEFAULT_STORAGE
     tracking_uri: str | None = None
+    tenant: str | None = Field(
+        default=None, description="the team the experiment belongs to (see prefect_hpo.tenancy); default $PREFECT_HPO_TENANT"
+    )
+
+    @field_validator("tenant")
+    @classmethod
+    def _check_tenant(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                check_tenant_name(v)
+            except SpecError as exc:
+                raise ValueError(str(exc).removeprefix("tenant: ")) from None
+        return v
+
+    @model_validator(mode="after")
+    def _check_tenant_names(self) -> ExperimentSpec:
+        pool = self.trial.work_pool
+        if self.tenant is not None and pool is not None:
+            check_work_pool_names(self.tenant, pool.work_queue, pool.concurrency_limit)
+        return self
 
     @field_validator("name")
     @classmethod

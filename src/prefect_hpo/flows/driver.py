@@ -29,6 +29,7 @@ from prefect_hpo.storage.checkpoint import CheckpointStore, open_store
 from prefect_hpo.storage.recovery import _search_part, rebuild_from_mlflow
 from prefect_hpo.storage.state import ExperimentState
 from prefect_hpo.storage.tracking import MlflowTracker
+from prefect_hpo.tenancy import caller_tenant, check_owner, mlflow_experiment_name, resolve_tenant, scoped_storage
 from prefect_hpo.tasks import (
     HPORuntime,
     checkpoint,
@@ -43,16 +44,19 @@ from prefect_hpo.tasks.report import close_trial_run
 from prefect_hpo.tasks.suggest import run_suggest_step
 from prefect_hpo.tasks.runtime import best_or_none, describe_values
 
-__all__ = ["open_runtime", "drive", "finish", "trials_dir_for", "close_runtime"]
+__all__ = ["check_access", "open_runtime", "drive", "finish", "trials_dir_for", "close_runtime"]
 
 logger = logging.getLogger(__name__)
 
 
-def trials_dir_for(storage: str, name: str) -> Path:
+def trials_dir_for(storage: str, name: str, tenant: str | None = None) -> Path:
     """Where trial folders (logs, exit status) live: beside a local checkpoint, else under
-    ``$PREFECT_HPO_WORKDIR`` (default ``.prefect-hpo``): trial processes are local either way."""
+    ``$PREFECT_HPO_WORKDIR`` (default ``.prefect-hpo``): trial processes are local either way.
+    ``storage`` is the tenant's own store (:func:`~prefect_hpo.tenancy.scoped_storage`)."""
     if storage.startswith("s3://"):
         root = Path(os.environ.get("PREFECT_HPO_WORKDIR", ".prefect-hpo"))
+        if tenant is not None:
+            root = root / "tenants" / tenant
     else:
         root = Path(storage.removeprefix("file://"))
     return root.resolve() / name / "trials"
@@ -66,30 +70,39 @@ def open_runtime(
     storage: str | None = None,
     lease_wait_s: float = 0.0,
     launcher: Launcher | None = None,
+    tenant: str | None = None,
 ) -> HPORuntime:
     """Take the experiment's lease and load its state: the checkpoint, else MLflow, else new.
 
     Running a spec whose experiment already exists continues it (nothing is repeated) as long
     as the search itself (space, objectives, algorithm, seed) is unchanged; budget, trial and
     tracking settings may change between runs, which is how a budget is extended.
+
+    ``tenant`` (else ``$PREFECT_HPO_TENANT``) is the caller's tenant: the experiment's
+    checkpoint is looked for under that tenant's part of the store only, and an experiment of
+    another tenant is refused (:mod:`prefect_hpo.tenancy`).
     """
     given = load_spec(spec) if spec is not None else None
+    caller = caller_tenant(tenant)
+    owner = resolve_tenant(given.tenant if given is not None else None, caller)
+    if given is not None and given.tenant != owner:
+        given = given.model_copy(update={"tenant": owner})  # run by a tenant: the experiment is its
     if given is None and name is None:
         raise SpecError("give a spec, or the name of an experiment to resume")
     if given is not None and name is not None and name != given.name:
         raise SpecError(f"name {name!r} does not match the spec's name {given.name!r}")
     exp_name = given.name if given is not None else str(name)
     storage_uri = storage or (given.storage if given is not None else DEFAULT_STORAGE)
-    store = open_store(storage_uri)
+    store = open_store(scoped_storage(storage_uri, owner))
     lease = store.acquire_lease(exp_name, wait_s=lease_wait_s)
     # Renew from the start: loading state, MLflow's first migrations and reconciling trials can
     # outlast the TTL on a cold machine, and an expired lease would invite a second driver in.
     lease.start_heartbeat()
     try:
-        state, resuming = _load_state(store, exp_name, given, resume)
+        state, resuming = _load_state(store, exp_name, given, resume, owner)
         if given is not None and given.storage != storage_uri:
             state.spec = state.spec.model_copy(update={"storage": storage_uri})
-        tracker = MlflowTracker(state.spec.tracking_uri or state.tracking_uri, exp_name)
+        tracker = MlflowTracker(state.spec.tracking_uri or state.tracking_uri, mlflow_experiment_name(exp_name, owner))
         launcher = launcher or _launcher_for(state.spec, tracker, state.experiment.metric_names)
         launcher.free_slots(state.spec.trial.gpus_per_trial)  # refuses impossible GPU requests before anything is written
         state.tracking_uri = tracker.tracking_uri
@@ -103,7 +116,7 @@ def open_runtime(
             lease=lease,
             tracker=tracker,
             launcher=launcher,
-            trials_dir=trials_dir_for(storage_uri, exp_name),
+            trials_dir=trials_dir_for(scoped_storage(storage_uri, owner), exp_name, owner),
             policy=_stopping_policy(state),
             resuming=resuming,
         )
@@ -115,6 +128,20 @@ def open_runtime(
     except BaseException:
         lease.release()
         raise
+
+
+def check_access(
+    spec: Mapping[str, Any] | None, *, name: str | None = None, storage: str | None = None, tenant: str | None = None
+) -> None:
+    """What ``open_runtime`` would refuse for the caller's tenant, checked without a flow run, so
+    the CLI can say it in one line (a refusal inside the flow also prints Prefect's traceback)."""
+    caller = caller_tenant(tenant)
+    owner = resolve_tenant((spec or {}).get("tenant"), caller)
+    exp_name = str((spec or {}).get("name") or name)
+    store = open_store(scoped_storage(storage or (spec or {}).get("storage") or DEFAULT_STORAGE, owner))
+    text = store.read(exp_name)
+    if text is not None:
+        check_owner(exp_name, ExperimentState.from_json(text, store.location(exp_name)).spec.tenant, owner)
 
 
 def _stopping_policy(state: ExperimentState) -> StoppingPolicy:
@@ -132,7 +159,7 @@ def _stopping_policy(state: ExperimentState) -> StoppingPolicy:
 def _launcher_for(spec: ExperimentSpec, tracker: MlflowTracker, metric_names: Sequence[str]) -> Launcher:
     trial = spec.trial
     if trial.work_pool is not None:
-        return WorkPoolLauncher(trial.work_pool, tracker, metric_names)
+        return WorkPoolLauncher(trial.work_pool, tracker, metric_names, tenant=spec.tenant)
     if trial.in_process:
         assert callable(trial.callable)
         return InProcessLauncher(trial.callable, list(spec.objectives))
@@ -146,11 +173,12 @@ def _launcher_for(spec: ExperimentSpec, tracker: MlflowTracker, metric_names: Se
 
 
 def _load_state(
-    store: CheckpointStore, name: str, given: ExperimentSpec | None, resume: bool
+    store: CheckpointStore, name: str, given: ExperimentSpec | None, resume: bool, tenant: str | None
 ) -> tuple[ExperimentState, bool]:
     text = store.read(name)
     if text is not None:
         state = ExperimentState.from_json(text, store.location(name))
+        check_owner(name, state.spec.tenant, tenant)  # also when --storage points into another tenant's part
         if given is not None:
             if _search_part(given) != _search_part(state.spec):
                 raise SpecError(
@@ -162,7 +190,7 @@ def _load_state(
         return state, True
     tracker_uri = given.tracking_uri if given is not None else None
     if resume or given is None:
-        rebuilt = rebuild_from_mlflow(MlflowTracker(tracker_uri, name), given)
+        rebuilt = rebuild_from_mlflow(MlflowTracker(tracker_uri, mlflow_experiment_name(name, tenant)), given)
         if rebuilt is not None:
             return rebuilt, True
         if given is None:

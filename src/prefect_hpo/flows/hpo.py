@@ -55,6 +55,7 @@ def hpo_flow(
     storage: str | None = None,
     lease_wait_s: float = 0.0,
     name_suffix: str | None = None,
+    tenant: str | None = None,
 ) -> dict[str, Any] | None:
     """Run (or resume) the experiment described by ``spec`` (a dict or a YAML/JSON path).
 
@@ -66,12 +67,13 @@ def hpo_flow(
 
     ``name_suffix`` is appended to the spec's name; ``{date}`` in it becomes the flow run's
     scheduled date (``YYYYMMDD``), so a scheduled deployment starts a new experiment per day
-    instead of continuing yesterday's.
+    instead of continuing yesterday's. ``tenant`` (default ``$PREFECT_HPO_TENANT``) is the
+    caller's tenant; see :mod:`prefect_hpo.tenancy`.
     """
     log = get_run_logger()
     if name_suffix:
         spec = _with_suffix(spec, name_suffix)
-    runtime = open_runtime(spec, resume=resume, name=name, storage=storage, lease_wait_s=lease_wait_s)
+    runtime = open_runtime(spec, resume=resume, name=name, storage=storage, lease_wait_s=lease_wait_s, tenant=tenant)
     exp = runtime.experiment
     log.info(
         "experiment %r: %d/%d trials on record, checkpoint %s, MLflow %s (parent run %s)",

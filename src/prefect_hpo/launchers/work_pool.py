@@ -35,6 +35,7 @@ from prefect_hpo.errors import StorageError
 from prefect_hpo.launchers.base import Launcher, LaunchRequest, PollResult, TrialState
 from prefect_hpo.spec import WorkPoolSpec
 from prefect_hpo.storage.tracking import MlflowTracker
+from prefect_hpo.tenancy import check_work_pool_names
 
 __all__ = ["WorkPoolLauncher", "job_variables_for"]
 
@@ -59,8 +60,15 @@ def job_variables_for(pool: WorkPoolSpec, gpus_per_trial: int) -> dict[str, Any]
 class WorkPoolLauncher(Launcher):
     """Starts attempts as flow runs of ``pool.deployment``; see the module docstring."""
 
-    def __init__(self, pool: WorkPoolSpec, tracker: MlflowTracker, metric_names: Sequence[str] = ()) -> None:
+    def __init__(
+        self, pool: WorkPoolSpec, tracker: MlflowTracker, metric_names: Sequence[str] = (), *, tenant: str | None = None
+    ) -> None:
         self.pool = pool
+        self.work_queue = pool.work_queue
+        self.concurrency_limit = pool.concurrency_limit
+        if tenant is not None:  # the tenant's queue, and its GPU limit unless another of its own is named
+            self.work_queue, limit = check_work_pool_names(tenant, pool.work_queue, pool.concurrency_limit)
+            self.concurrency_limit = limit or f"gpu-{tenant}"
         self.tracker = tracker
         self.metric_names = tuple(metric_names)
         self._seen: dict[str, dict[str, int]] = {}  # flow run id -> MLflow entries read per metric
@@ -80,7 +88,7 @@ class WorkPoolLauncher(Launcher):
             "cwd": str(request.cwd) if request.cwd else None,
             "timeout_s": request.timeout_s,
             "gpus": request.gpus_per_trial,
-            "concurrency_limit": self.pool.concurrency_limit,
+            "concurrency_limit": self.concurrency_limit,
             "mlflow_experiment": self.tracker.experiment_name,
         }
         try:
@@ -88,6 +96,7 @@ class WorkPoolLauncher(Launcher):
                 name=self.pool.deployment,
                 parameters=parameters,
                 job_variables=job_variables or None,
+                work_queue_name=self.work_queue,
                 timeout=0,
                 as_subflow=False,
                 flow_run_name=f"{request.experiment}-trial-{request.index}-attempt-{request.attempt}",

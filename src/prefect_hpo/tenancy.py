@@ -1,0 +1,100 @@
+"""Tenants: teams sharing one prefect-hpo installation without seeing or driving each other's work.
+
+A tenant is a name (a DNS label, so it can also be a Kubernetes namespace, a work queue and part
+of a concurrency-limit name). An experiment belongs to at most one tenant, written in its spec
+(``tenant: team-a``) and so in its checkpoint. What belongs to tenant ``t``:
+
+* checkpoints, leases and trial folders under ``<storage>/tenants/t/`` (the storage URI the spec
+  gives is the installation's root);
+* the MLflow experiment ``t/<name>``;
+* on a work pool, the work queue ``t`` (or ``t-<something>``) and concurrency limits named
+  ``...-t`` (default ``gpu-t``), so one tenant's trials never take another's GPUs or queue.
+
+Who is calling is ``PREFECT_HPO_TENANT`` (or ``--tenant``), set by the platform for each team's
+deployments, workers and shells. A caller only finds experiments under its own prefix, and an
+experiment whose recorded tenant is not the caller's is refused with :class:`TenantError`, even
+when its storage is named directly. This is namespacing with guard rails, not security on its
+own: hard isolation comes from giving each tenant credentials that only reach its own prefix
+(an S3 bucket policy on ``tenants/t/*``), its MLflow experiments and its namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from prefect_hpo.errors import SpecError, TenantError
+
+__all__ = [
+    "TENANT_ENV",
+    "TenantError",
+    "caller_tenant",
+    "check_owner",
+    "check_tenant_name",
+    "mlflow_experiment_name",
+    "resolve_tenant",
+    "scoped_storage",
+]
+
+TENANT_ENV = "PREFECT_HPO_TENANT"
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def check_tenant_name(value: str, field: str = "tenant") -> str:
+    if not isinstance(value, str) or not _LABEL.match(value):
+        raise SpecError(
+            f"{field}: {value!r} is not a valid tenant: use 1-63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit (it also names a namespace, a work queue and limits)"
+        )
+    return value
+
+
+def caller_tenant(explicit: str | None = None) -> str | None:
+    """The calling tenant: ``explicit`` (a ``--tenant`` flag), else ``$PREFECT_HPO_TENANT``, else none."""
+    value = explicit if explicit is not None else os.environ.get(TENANT_ENV) or None
+    return None if value is None else check_tenant_name(value, "--tenant" if explicit is not None else TENANT_ENV)
+
+
+def resolve_tenant(spec_tenant: str | None, caller: str | None) -> str | None:
+    """The tenant an experiment run by ``caller`` from a spec naming ``spec_tenant`` belongs to."""
+    if spec_tenant is not None and caller is not None and spec_tenant != caller:
+        raise TenantError(
+            f"the spec belongs to tenant {spec_tenant!r} and this caller is tenant {caller!r} "
+            f"(${TENANT_ENV}); one tenant cannot run another's experiments"
+        )
+    return spec_tenant if spec_tenant is not None else caller
+
+
+def check_owner(name: str, owner: str | None, caller: str | None) -> None:
+    """Refuse a caller that is not the experiment's tenant (reading, resuming or driving it)."""
+    if owner == caller:
+        return
+    if owner is None:
+        raise TenantError(f"experiment {name!r} belongs to no tenant; unset ${TENANT_ENV} (now {caller!r}) to use it")
+    who = f"tenant {caller!r}" if caller is not None else f"a caller with no tenant (${TENANT_ENV} unset)"
+    raise TenantError(f"experiment {name!r} belongs to tenant {owner!r}; {who} cannot read, resume or drive it")
+
+
+def scoped_storage(storage: str, tenant: str | None) -> str:
+    """The tenant's own part of a checkpoint store: ``<storage>/tenants/<tenant>``."""
+    if tenant is None:
+        return storage
+    return f"{storage.rstrip('/')}/tenants/{tenant}"
+
+
+def mlflow_experiment_name(name: str, tenant: str | None) -> str:
+    return name if tenant is None else f"{tenant}/{name}"
+
+
+def check_work_pool_names(tenant: str, work_queue: str | None, concurrency_limit: str | None) -> tuple[str, str | None]:
+    """The tenant's work queue and concurrency limit for a work-pool experiment; names that
+    belong to someone else are refused. Returns ``(work_queue, concurrency_limit)``."""
+    queue = work_queue or tenant
+    if queue != tenant and not queue.startswith(f"{tenant}-"):
+        raise SpecError(f"trial.work_pool.work_queue: {queue!r} is not tenant {tenant!r}'s; use {tenant!r} or '{tenant}-...'")
+    if concurrency_limit is not None and not concurrency_limit.endswith(f"-{tenant}"):
+        raise SpecError(
+            f"trial.work_pool.concurrency_limit: {concurrency_limit!r} is not tenant {tenant!r}'s; "
+            f"a tenant's limits end in '-{tenant}' (e.g. 'gpu-{tenant}')"
+        )
+    return queue, concurrency_limit
