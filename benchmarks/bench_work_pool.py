@@ -1,0 +1,190 @@
+"""Trials on a Prefect process work pool: launch latency, throughput, and the GPU-limit hand-off.
+
+It starts `prefect server start` on loopback, deploys deployments/prefect.yaml (the trial flow as
+`prefect-hpo-trial/process`) to a `process` pool, starts one `prefect worker` with
+`PREFECT_WORKER_QUERY_SECONDS=1`, and runs three experiments with `prefect-hpo run`, their trials
+as flow runs of that worker. Every trial writes the wall-clock time its command started and
+ended; the flow records when it launched each trial (the flow run's creation) and when it
+collected the result.
+
+* latency: 6 trials that return at once, one at a time. launch -> command start is the
+  worker's pick-up plus the flow-run process start; command end -> result in the flow is the flow
+  run's completion plus the HPO flow's poll (poll interval 0.5 s).
+* throughput: 8 trials of 5 s, 4 at a time; ideal wall time 10 s.
+* GPU hand-off: 6 trials of 3 s, 1 "GPU" each, 4 at a time, sharing a concurrency limit of 2:
+  ideal 9 s; reported is how long a freed slot stays idle before the next trial's command starts.
+
+Example (about 3 minutes on 2 cores):
+    .venv/bin/python benchmarks/bench_work_pool.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import REPO_ROOT, git_revision, isolate_environment  # noqa: E402
+
+BIN = Path(sys.executable).parent
+TRIAL = """
+import os, time
+from prefect_hpo.trial import get_params, report
+p = get_params()
+mark = lambda kind: open(os.environ["MARKS"], "a").write(
+    f"{kind} {os.environ['PREFECT_HPO_EXPERIMENT']} {os.environ['PREFECT_HPO_TRIAL_INDEX']} {time.time()}\\n")
+mark("start")
+time.sleep(float(os.environ["TRIAL_SECONDS"]))
+mark("end")
+report(loss=p["x"])
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen, signals: list[int]) -> None:
+    for sig in signals:
+        if proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            continue
+    if proc.poll() is None:
+        proc.kill()
+
+
+def _prefect(env: dict[str, str], *args: str) -> None:
+    subprocess.run([str(BIN / "prefect"), *args], cwd=REPO_ROOT, env=env, check=True, capture_output=True, text=True)
+
+
+def run_experiment(env: dict[str, str], scratch: Path, name: str, trials: int, parallel: int, seconds: float,
+                   gpus: int = 0, limit: str | None = None) -> dict[str, Any]:
+    marks = scratch / f"{name}.marks"
+    spec = {
+        "name": name,
+        "parameters": [{"name": "x", "type": "range", "bounds": [0.0, 1.0]}],
+        "objectives": {"loss": "minimize"},
+        "algorithm": "sobol",
+        "seed": 0,
+        "budget": {"trials": trials, "max_parallel": parallel},
+        "trial": {
+            "command": f"{shlex.quote(sys.executable)} {scratch / 'trial.py'}",
+            "timeout_s": 300,
+            "poll_interval_s": 0.5,
+            "gpus_per_trial": gpus,
+            "env": {"MARKS": str(marks), "TRIAL_SECONDS": str(seconds)},
+            "work_pool": {"deployment": "prefect-hpo-trial/process", "gpu_variable": None, "concurrency_limit": limit},
+        },
+        "storage": f"file://{scratch / 'ckpt'}",
+        "tracking_uri": f"sqlite:///{scratch / 'mlflow.db'}",
+    }
+    path = scratch / f"{name}.json"
+    path.write_text(json.dumps(spec))
+    start = time.time()
+    subprocess.run([str(BIN / "prefect-hpo"), "run", str(path), "--quiet"], cwd=scratch, env=env, check=True,
+                   capture_output=True, text=True, timeout=900)
+    wall = time.time() - start
+    doc = json.loads((scratch / "ckpt" / name / "experiment.json").read_text())
+    starts, ends = {}, {}
+    for line in marks.read_text().splitlines():
+        kind, _, index, at = line.split()
+        (starts if kind == "start" else ends)[int(index)] = float(at)
+    rows = []
+    for t in doc["experiment"]["trials"]:
+        i = t["index"]
+        launched = dt.datetime.fromisoformat(t["started_at"]).timestamp()
+        collected = dt.datetime.fromisoformat(t["finished_at"]).timestamp()
+        rows.append({"index": i, "launch_to_start": starts[i] - launched, "end_to_collected": collected - ends[i],
+                     "start": starts[i], "end": ends[i], "status": t["status"]})
+    return {"wall": wall, "rows": rows}
+
+
+def handoff_gaps(rows: list[dict[str, Any]], slots: int) -> list[float]:
+    """For each trial that had to wait for a slot: its command start minus the moment a slot freed."""
+    events = sorted([(r["start"], 1) for r in rows] + [(r["end"], -1) for r in rows])
+    busy, freed, gaps = 0, [], []
+    for at, delta in events:
+        if delta < 0:
+            busy -= 1
+            freed.append(at)
+        else:
+            if busy >= slots:
+                raise AssertionError(f"more than {slots} trials ran at once")
+            if freed:
+                gaps.append(at - freed.pop(0))
+            busy += 1
+    return gaps
+
+
+def _ms(values: list[float]) -> str:
+    values = sorted(values)
+    return f"median {1000 * statistics.median(values):.0f} ms, max {1000 * values[-1]:.0f} ms"
+
+
+def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="bench-work-pool-"))
+    isolate_environment(scratch)
+    (scratch / "trial.py").write_text(TRIAL)
+    (scratch / "tmp").mkdir()
+    port = _free_port()
+    env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_WORKER_QUERY_SECONDS": "1",
+           "PWD": str(REPO_ROOT), "TMPDIR": str(scratch / "tmp"), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    print(f"date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')} | git {git_revision()} | cpus {os.cpu_count()}")
+    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        for _ in range(90):
+            if subprocess.run([str(BIN / "prefect"), "work-pool", "ls"], env=env, capture_output=True).returncode == 0:
+                break
+            time.sleep(1)
+        _prefect(env, "work-pool", "create", "hpo-process", "--type", "process")
+        _prefect(env, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
+        _prefect(env, "gcl", "create", "gpu-bench", "--limit", "2")
+        with (scratch / "worker.log").open("wb") as log:
+            worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "hpo-process"],
+                                      cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        latency = run_experiment(env, scratch, "latency", trials=6, parallel=1, seconds=0.0)
+        rows = latency["rows"]
+        print("\n| measure | result |\n|---|---|")
+        print(f"| launch -> trial command starts (6 trials, 1 at a time) | {_ms([r['launch_to_start'] for r in rows])} |")
+        print(f"| trial command ends -> result in the HPO flow | {_ms([r['end_to_collected'] for r in rows])} |")
+        print(f"| per trial, end to end (wall / trials) | {latency['wall'] / len(rows):.1f} s (flow start included) |")
+        throughput = run_experiment(env, scratch, "throughput", trials=8, parallel=4, seconds=5.0)
+        span = max(r["end"] for r in throughput["rows"]) - min(r["start"] for r in throughput["rows"])
+        print(f"| 8 trials of 5 s, 4 at a time: first start -> last end (ideal 10 s) | {span:.1f} s |")
+        print(f"| same, whole `prefect-hpo run` wall time | {throughput['wall']:.1f} s ({60 * 8 / throughput['wall']:.1f} trials/min) |")
+        gpu = run_experiment(env, scratch, "handoff", trials=6, parallel=4, seconds=3.0, gpus=1, limit="gpu-bench")
+        gaps = handoff_gaps(gpu["rows"], slots=2)
+        span = max(r["end"] for r in gpu["rows"]) - min(r["start"] for r in gpu["rows"])
+        print(f"| 6 trials of 3 s sharing a limit of 2 GPUs: first start -> last end (ideal 9 s) | {span:.1f} s |")
+        print(f"| GPU slot idle between a trial's end and the next start ({len(gaps)} hand-offs) | {_ms(gaps)} |")
+    finally:
+        if worker is not None:
+            _stop(worker, [signal.SIGINT, signal.SIGINT, signal.SIGKILL])
+        _stop(server, [signal.SIGINT, signal.SIGTERM])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
