@@ -73,6 +73,15 @@ class WorkPoolSpec(_Strict):
         return v
 
 
+class DaskSpec(_Strict):
+    """Run each trial as a Prefect task on Dask workers (prefect-dask's DaskTaskRunner)."""
+
+    address: str | None = Field(default=None, description="a Dask scheduler, e.g. tcp://10.0.0.5:8786; default: a local cluster")
+    n_workers: int = Field(default=2, ge=1, description="local cluster: worker processes")
+    threads_per_worker: int = Field(default=1, ge=1, description="local cluster: trials at once per worker")
+    kill_wait_s: float = Field(default=15.0, ge=0, description="how long a stop waits for the task to end")
+
+
 class TrialSpec(_Strict):
     """What one trial runs and how it is treated (timeouts, retries, GPUs)."""
 
@@ -88,13 +97,16 @@ class TrialSpec(_Strict):
     cwd: str | None = Field(default=None, description="working directory of the trial (default: the current one)")
     poll_interval_s: float = Field(default=1.0, gt=0, le=60, description="longest wait between two polls")
     work_pool: WorkPoolSpec | None = Field(default=None, description="run trials as flow runs of a deployment on a work pool")
+    dask: DaskSpec | None = Field(default=None, description="run trials as Prefect tasks on Dask workers")
 
     @model_validator(mode="after")
     def _one_entry_point(self) -> TrialSpec:
         if (self.command is None) == (self.callable is None):
             raise ValueError("give exactly one of 'command' or 'callable'")
-        if self.work_pool is not None and self.in_process:
-            raise ValueError("work_pool: a Python function object cannot travel to a work pool; "
+        if self.work_pool is not None and self.dask is not None:
+            raise ValueError("give at most one of 'work_pool' and 'dask'")
+        if (self.work_pool is not None or self.dask is not None) and self.in_process:
+            raise ValueError("work_pool/dask: a Python function object cannot travel to another process; "
                              "give it as 'package.module:function'")
         if self.command is not None and not self.command.strip():
             raise ValueError("command: must not be empty")

@@ -127,6 +127,8 @@ def open_runtime(
         return runtime
     except BaseException:
         lease.release()
+        if launcher is not None:
+            launcher.close()
         raise
 
 
@@ -160,6 +162,10 @@ def _launcher_for(spec: ExperimentSpec, tracker: MlflowTracker, metric_names: Se
     trial = spec.trial
     if trial.work_pool is not None:
         return WorkPoolLauncher(trial.work_pool, tracker, metric_names, tenant=spec.tenant)
+    if trial.dask is not None:
+        from prefect_hpo.launchers.dask import DaskLauncher  # imports prefect-dask only when used
+
+        return DaskLauncher(trial.dask, tracker, metric_names)
     if trial.in_process:
         assert callable(trial.callable)
         return InProcessLauncher(trial.callable, list(spec.objectives))
@@ -383,3 +389,4 @@ def close_runtime(runtime: HPORuntime, *, write: bool = True) -> None:
             write_checkpoint(runtime)
     finally:
         runtime.lease.release()
+        runtime.launcher.close()

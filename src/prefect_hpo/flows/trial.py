@@ -34,7 +34,7 @@ from prefect_hpo.launchers.base import LaunchRequest, TrialState
 from prefect_hpo.launchers.local import LocalProcessLauncher
 from prefect_hpo.storage.tracking import MlflowTracker
 
-__all__ = ["TRIAL_FLOW_NAME", "trial_flow"]
+__all__ = ["TRIAL_FLOW_NAME", "run_attempt", "trial_flow"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,33 @@ def trial_flow(
     mlflow_experiment: str | None = None,
 ) -> dict[str, Any]:
     """Run one attempt of trial ``index``; returns its exit code and how many reports it made."""
+    return run_attempt(
+        experiment, index, attempt, command, params, env=env, cwd=cwd, timeout_s=timeout_s, gpus=gpus,
+        concurrency_limit=concurrency_limit, mlflow_experiment=mlflow_experiment,
+    )
+
+
+def run_attempt(
+    experiment: str,
+    index: int,
+    attempt: int,
+    command: str,
+    params: dict[str, Any],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    timeout_s: float | None = None,
+    gpus: int = 0,
+    concurrency_limit: str | None = None,
+    mlflow_experiment: str | None = None,
+    watch_stop: bool = False,
+) -> dict[str, Any]:
+    """The body of a remote trial attempt, wherever it runs (a work-pool flow run, a Dask task).
+
+    Raises :class:`~prefect_hpo.errors.TrialError` with the reason when the command fails. With
+    ``watch_stop`` it also ends the command when the HPO flow asks for it through the trial's
+    MLflow run (a task on a Dask worker cannot be cancelled from outside).
+    """
     env = dict(env or {})
     tracker, run_id = _tracker(env, mlflow_experiment or experiment)
     # strict: a misspelt or missing limit fails the trial with Prefect's reason instead of
@@ -80,6 +107,13 @@ def trial_flow(
                     tracker.log_reports(run_id, result.reports)
                 reported += len(result.reports)
                 if result.state is not TrialState.RUNNING:
+                    break
+                stop = tracker.stop_requested(run_id) if watch_stop and tracker is not None and run_id else None
+                if stop:
+                    launcher.kill(handle, reason=stop)
+                    result = launcher.poll(handle)
+                    if result.reports and tracker is not None and run_id:
+                        tracker.log_reports(run_id, result.reports)
                     break
                 launcher.wait_any([handle], REPORT_INTERVAL_S)
         finally:

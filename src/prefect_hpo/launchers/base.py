@@ -98,6 +98,9 @@ class Launcher(ABC):
     def free_slots(self, gpus_per_trial: int) -> int | None:
         """How many more attempts can start now; None means no limit from this launcher."""
 
+    def close(self) -> None:
+        """Release what the launcher holds (a Dask cluster); running trials are left alone."""
+
     @abstractmethod
     def log_path(self, handle: dict[str, Any]) -> Path | None:
         """The attempt's combined stdout/stderr log, if it has one."""

@@ -31,8 +31,8 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 
-from prefect_hpo.errors import StorageError
 from prefect_hpo.launchers.base import Launcher, LaunchRequest, PollResult, TrialState
+from prefect_hpo.launchers.mlflow_curves import MlflowCurveReader
 from prefect_hpo.spec import WorkPoolSpec
 from prefect_hpo.storage.tracking import MlflowTracker
 from prefect_hpo.tenancy import check_work_pool_names
@@ -70,8 +70,7 @@ class WorkPoolLauncher(Launcher):
             self.work_queue, limit = check_work_pool_names(tenant, pool.work_queue, pool.concurrency_limit)
             self.concurrency_limit = limit or f"gpu-{tenant}"
         self.tracker = tracker
-        self.metric_names = tuple(metric_names)
-        self._seen: dict[str, dict[str, int]] = {}  # flow run id -> MLflow entries read per metric
+        self.curves = MlflowCurveReader(tracker, metric_names)
         self._final: dict[str, PollResult] = {}
 
     # -- the Launcher interface ---------------------------------------------------------------
@@ -125,7 +124,7 @@ class WorkPoolLauncher(Launcher):
         state = flow_run.state
         final = state is not None and state.type in _FINAL
         # read the curve after the state, so a final state's poll sees every report
-        reports = self._reports(handle)
+        reports = self.curves.new_reports(key, handle)
         killed = handle.get("killed")
         if killed:
             result = PollResult(TrialState.FAILED, reports, killed, None, tracked=True)
@@ -180,14 +179,3 @@ class WorkPoolLauncher(Launcher):
     def _read(flow_run_id: str) -> FlowRun:
         with get_client(sync_client=True) as client:
             return client.read_flow_run(UUID(flow_run_id))
-
-    def _reports(self, handle: dict[str, Any]) -> list[Any]:
-        run_id = handle.get("run_id")
-        if not run_id:
-            return []
-        seen = self._seen.setdefault(handle["flow_run_id"], {})
-        try:
-            return self.tracker.read_reports(run_id, seen, self.metric_names)
-        except StorageError as exc:
-            logger.warning("trial %s: metrics not read from MLflow this time: %s", handle.get("index"), exc)
-            return []

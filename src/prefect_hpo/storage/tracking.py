@@ -75,6 +75,7 @@ ATTEMPT_TAG = "prefect_hpo.attempt"
 REASON_TAG = "prefect_hpo.failure_reason"
 STOPPED_BY_TAG = "prefect_hpo.stopped_by"
 FEASIBLE_TAG = "prefect_hpo.feasible"
+STOP_REQUEST_TAG = "prefect_hpo.stop_request"  # set by the flow, watched by a trial running as a Dask task
 VALUES_TAG = "prefect_hpo.values"
 BEST_PARAMS_TAG = "prefect_hpo.best_params"
 # A params JSON too long for a tag is stored as this artifact; the tag then holds the marker.
@@ -553,6 +554,18 @@ class MlflowTracker:
             room = _MAX_ENTITIES_PER_BATCH - len(p) - len(t)
             m, metrics = metrics[:room], metrics[room:]
             self._client.log_batch(run_id, metrics=m, params=p, tags=t, synchronous=True)
+
+    def request_stop(self, run_id: str, reason: str) -> None:
+        """Ask a trial that runs elsewhere (a Dask task) to stop: it watches this tag."""
+        with self._errors("request a trial stop"):
+            self._client.set_tag(run_id, STOP_REQUEST_TAG, _truncate(reason, _MAX_TAG_VALUE))
+
+    def stop_requested(self, run_id: str) -> str | None:
+        """The reason of a pending stop request for this run, if any (None when unreachable)."""
+        try:
+            return self._client.get_run(run_id).data.tags.get(STOP_REQUEST_TAG) or None
+        except MlflowException:
+            return None
 
     def upload_log(self, run_id: str, log_file: Path, attempt: int) -> None:
         """Attach an attempt's output to its trial run as ``logs/attempt-N.log``."""

@@ -1,0 +1,180 @@
+"""Trials as Prefect tasks on Dask workers, through prefect-dask's ``DaskTaskRunner``.
+
+For teams whose compute is a Dask cluster: each attempt is the task ``run_trial`` submitted to a
+``DaskTaskRunner`` (a local cluster, or the scheduler at ``dask.address``), so it shows up as a
+task run of the HPO flow in the Prefect UI and runs on whichever Dask worker the scheduler picks.
+The task runs the trial's command like a local trial and logs every report to the trial's MLflow
+run, where the flow reads the learning curve back (as on a work pool).
+
+A Dask task cannot be cancelled once it runs, so a stop is cooperative: the flow sets a tag on the
+trial's MLflow run and the task, which looks every half second, kills its command. Futures live
+in the flow's process: after a flow restart the tasks of the old flow are unknown, so their
+trials count as vanished and run again (with a local cluster, the cluster went down with the
+flow anyway). Ray is the same pattern through prefect-ray's ``RayTaskRunner``; it is not a
+dependency here.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+
+from prefect_hpo.errors import SpecError, StorageError
+from prefect_hpo.flows.trial import run_attempt
+from prefect_hpo.launchers.base import Launcher, LaunchRequest, PollResult, TrialState
+from prefect_hpo.launchers.mlflow_curves import MlflowCurveReader
+from prefect_hpo.spec import DaskSpec
+from prefect_hpo.storage.tracking import MlflowTracker
+
+__all__ = ["DaskLauncher", "run_trial"]
+
+logger = logging.getLogger(__name__)
+
+KIND = "dask"
+_LOCAL_ONLY_ENV = ("PATH",)
+
+
+def _trial_task() -> Task[..., dict[str, Any]]:
+    """The ``run_trial`` task, its function defined in here on purpose.
+
+    prefect-dask submits a closure decorated with ``functools.wraps(task)``, which gives it the
+    task function's module and qualified name; for a module-level function pickle then resolves
+    that name, finds a different object and fails. A function local to this factory has a
+    ``<locals>`` name, so Dask's cloudpickle ships it by value (its globals still by reference).
+    """
+
+    def run_trial_attempt(
+        experiment: str,
+        index: int,
+        attempt: int,
+        command: str,
+        params: dict[str, Any],
+        env: dict[str, str],
+        cwd: str | None,
+        timeout_s: float | None,
+        mlflow_experiment: str,
+    ) -> dict[str, Any]:
+        """One trial attempt on a Dask worker; fails with the trial's reason."""
+        return run_attempt(
+            experiment, index, attempt, command, params, env=env, cwd=cwd, timeout_s=timeout_s,
+            mlflow_experiment=mlflow_experiment, watch_stop=True,
+        )
+
+    return task(name="run_trial", task_run_name="trial-{index}-attempt-{attempt}", cache_policy=NO_CACHE,
+                persist_result=False)(run_trial_attempt)
+
+
+run_trial = _trial_task()
+
+
+def _outside_task_run(submit: Callable[[], Any]) -> Any:
+    """Submit as a task of the flow run, not of the ``launch_trial`` task that calls this:
+    prefect-dask ships the calling task run's context to the worker, and that task's
+    parameters hold the flow's runtime (locks, clients), which cannot be pickled."""
+    ctx = contextvars.copy_context()
+
+    def call() -> Any:
+        TaskRunContext.__var__.set(None)  # type: ignore[arg-type]
+        return submit()
+
+    return ctx.run(call)
+
+
+class DaskLauncher(Launcher):
+    def __init__(self, dask: DaskSpec, tracker: MlflowTracker, metric_names: Sequence[str] = ()) -> None:
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise SpecError("dask: needs prefect-dask; `pip install 'prefect-hpo[dask]'`") from None
+        if dask.address:
+            self.runner = DaskTaskRunner(address=dask.address)
+        else:
+            self.runner = DaskTaskRunner(
+                cluster_kwargs={"n_workers": dask.n_workers, "threads_per_worker": dask.threads_per_worker, "processes": True}
+            )
+        self.kill_wait_s = dask.kill_wait_s
+        self.tracker = tracker
+        self.curves = MlflowCurveReader(tracker, metric_names)
+        self._futures: dict[str, Any] = {}
+        self._final: dict[str, PollResult] = {}
+        self.runner.__enter__()  # the cluster (or the connection) lives as long as the launcher
+
+    def close(self) -> None:
+        self.runner.__exit__(None, None, None)
+
+    def launch(self, request: LaunchRequest) -> dict[str, Any]:
+        env = {k: v for k, v in request.env.items() if k not in _LOCAL_ONLY_ENV}
+        parameters = {
+            "experiment": request.experiment, "index": request.index, "attempt": request.attempt,
+            "command": request.command, "params": request.params, "env": env,
+            "cwd": str(request.cwd) if request.cwd else None, "timeout_s": request.timeout_s,
+            "mlflow_experiment": self.tracker.experiment_name,
+        }
+        future = _outside_task_run(lambda: self.runner.submit(run_trial, parameters=parameters))
+        key = str(future.task_run_id)
+        self._futures[key] = future
+        return {"kind": KIND, "task_run_id": key, "run_id": env.get("MLFLOW_RUN_ID"), "index": request.index,
+                "attempt": request.attempt, "started_at": time.time()}
+
+    def poll(self, handle: dict[str, Any]) -> PollResult:
+        key = handle["task_run_id"]
+        done = self._final.get(key)
+        if done is not None:
+            return PollResult(done.state, [], done.reason, done.exit_code, tracked=True)
+        future = self._futures.get(key)
+        finished = future is None or future.wrapped_future.done()
+        reports = self.curves.new_reports(key, handle)  # after the state: a final poll sees every report
+        killed = handle.get("killed")
+        if future is None:
+            result = PollResult(TrialState.FAILED, reports, "the Dask task vanished (its flow stopped)", None, tracked=True)
+        elif killed and finished:
+            result = PollResult(TrialState.FAILED, reports, killed, None, tracked=True)
+        elif not finished:
+            return PollResult(TrialState.RUNNING, reports, tracked=True)
+        else:
+            # the state the task returned, not the API's view (task states reach the API by events, later)
+            state = future.wrapped_future.result()
+            if state.is_completed():
+                result = PollResult(TrialState.SUCCEEDED, reports, None, 0, tracked=True)
+            else:
+                result = PollResult(TrialState.FAILED, reports, (state.message or state.type.value).strip(), None, tracked=True)
+        self._final[key] = result
+        return result
+
+    def kill(self, handle: dict[str, Any], reason: str = "killed") -> None:
+        key = handle["task_run_id"]
+        future = self._futures.get(key)
+        if future is None or key in self._final or future.wrapped_future.done():
+            return
+        handle["killed"] = reason
+        if handle.get("run_id"):
+            try:
+                self.tracker.request_stop(handle["run_id"], reason)
+            except StorageError as exc:
+                logger.warning("trial %s: stop request not written: %s", handle.get("index"), exc)
+        deadline = time.monotonic() + self.kill_wait_s
+        while time.monotonic() < deadline and not future.wrapped_future.done():
+            time.sleep(0.2)
+
+    def reattach(self, handle: dict[str, Any]) -> bool:
+        future = self._futures.get(handle["task_run_id"])
+        return future is not None and not future.wrapped_future.done()
+
+    def wait_any(self, handles: Sequence[dict[str, Any]], timeout_s: float) -> None:
+        futures = [self._futures[h["task_run_id"]] for h in handles if h.get("task_run_id") in self._futures]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not any(f.wrapped_future.done() for f in futures):
+            time.sleep(min(0.1, timeout_s))
+
+    def free_slots(self, gpus_per_trial: int) -> int | None:
+        return None
+
+    def log_path(self, handle: dict[str, Any]):  # type: ignore[no-untyped-def]
+        return None

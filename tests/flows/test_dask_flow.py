@@ -1,0 +1,61 @@
+"""Trials as Prefect tasks on a local Dask cluster (prefect-dask's DaskTaskRunner), for real:
+a two-worker cluster started by the launcher, trials running in the Dask worker processes,
+reports reaching the flow through MLflow, and a stopping policy ending trials cooperatively."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from flowkit import events, make_spec
+from mlflow.tracking import MlflowClient
+
+from prefect_hpo.flows.hpo import hpo_flow
+from prefect_hpo.storage.checkpoint import open_store
+from prefect_hpo.storage.state import ExperimentState
+
+pytest.importorskip("prefect_dask")
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(300)]
+
+
+def _state(name: str) -> ExperimentState:
+    text = open_store("file://ckpt").read(name)
+    assert text is not None
+    return ExperimentState.from_json(text, name)
+
+
+def test_trials_run_as_tasks_on_dask_workers(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRIAL_STEPS", "3")
+    spec = make_spec("dask", budget={"trials": 4, "max_parallel": 2}, trial={"dask": {"n_workers": 2}})
+    best = hpo_flow(spec=spec)
+    exp = _state("dask").experiment
+    assert [t.status.value for t in exp.trials] == ["completed"] * 4
+    assert best is not None and best["index"] == exp.best_trial.index
+    assert {t.metadata["handle"] is None for t in exp.trials} == {True}
+    log = events(workspace)
+    assert Counter(i for kind, i, _, _ in log if kind == "end") == Counter(range(4))
+    assert os.getpid() not in {pid for _, _, _, pid in log}
+    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    for trial in exp.trials:
+        history = client.get_metric_history(trial.metadata["run_id"], "loss")
+        assert sorted(m.step for m in history) == [0, 1, 2, 3]  # logged once, by the task
+        assert trial.values["loss"] == pytest.approx(max(history, key=lambda m: m.step).value)
+
+
+def test_a_stopping_policy_ends_dask_trials(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRIAL_STEPS", "60")
+    monkeypatch.setenv("TRIAL_SLEEP", "0.5")
+    spec = make_spec(
+        "dask-stop", budget={"trials": 2, "max_parallel": 2}, trial={"dask": {"n_workers": 2}},
+        stopping={"policy": "threshold", "threshold": 0.0, "min_steps": 1},
+    )
+    hpo_flow(spec=spec)
+    exp = _state("dask-stop").experiment
+    assert [t.status.value for t in exp.trials] == ["early_stopped"] * 2
+    log = events(workspace)
+    assert not [e for e in log if e[0] == "end"]
+    for _, _, _, pid in (e for e in log if e[0] == "start"):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
