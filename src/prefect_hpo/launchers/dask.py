@@ -10,8 +10,8 @@ A Dask task cannot be cancelled once it runs, so a stop is cooperative: the flow
 trial's MLflow run and the task, which looks every half second, kills its command. Futures live
 in the flow's process: after a flow restart the tasks of the old flow are unknown, so their
 trials count as vanished and run again (with a local cluster, the cluster went down with the
-flow anyway). Ray is the same pattern through prefect-ray's ``RayTaskRunner``; it is not a
-dependency here.
+flow anyway). Ray would be the same pattern around prefect-ray's ``RayTaskRunner``; it is not
+built, nor a dependency.
 """
 
 from __future__ import annotations
