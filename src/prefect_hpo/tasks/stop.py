@@ -18,9 +18,10 @@ from prefect.cache_policies import NO_CACHE
 
 from prefect_hpo.errors import StorageError
 from prefect_hpo.launchers.base import PollResult, TrialState
-from prefect_hpo.optim.stopping import MetricHistory, StopDecision
+from prefect_hpo.optim.stopping import MetricHistory, StopDecision, StoppingPolicy
 from prefect_hpo.optim.trials import Trial, TrialStatus
 from prefect_hpo.storage.state import json_safe_metrics
+from prefect_hpo.tasks.report import close_trial_run
 from prefect_hpo.tasks.runtime import HPORuntime, final_values, trial_history
 
 __all__ = ["decide_stop", "learning_curves"]
@@ -68,8 +69,7 @@ def decide_stop(runtime: HPORuntime) -> list[StopDecision]:
         if latest.state is not TrialState.RUNNING:
             logger.info("trial %d ended on its own before the %s policy stopped it", trial.index, policy.name)
             continue
-        steps = [step for step, _ in trial_history(trial) if step is not None]
-        if policy.max_steps is not None and steps and max(steps) >= policy.max_steps:
+        if _trained_full_budget(trial, policy):
             logger.info("trial %d reached max_steps=%d before the %s policy stopped it; it finishes",
                         trial.index, policy.max_steps, policy.name)
             continue
@@ -81,13 +81,25 @@ def decide_stop(runtime: HPORuntime) -> list[StopDecision]:
             logger.info("trial %d ended on its own before the %s policy stopped it", trial.index, policy.name)
             continue
         trial.metadata["handle"] = None
+        values, missing = final_values(trial, exp.metric_names)
+        if _trained_full_budget(trial, policy) and not missing:
+            # its last epochs were already written when the SIGTERM landed: a finished trial
+            exp.tell(trial.index, values)
+            close_trial_run(runtime, trial.index)
+            logger.info("trial %d had trained its whole budget when the %s policy stopped it; recorded as completed",
+                        trial.index, policy.name)
+            continue
         trial.metadata["stopped_by"] = policy.describe()
-        values, _ = final_values(trial, exp.metric_names)  # constrained metrics may be missing
-        complete = all(name in values for name in exp.objectives)
+        complete = all(name in values for name in exp.objectives)  # constrained metrics may be missing
         exp.stop_early(trial.index, values if complete else None, reason)
         logger.info("trial %d stopped early: %s", trial.index, reason)
         carried_out.append(StopDecision(trial.index, reason))
     return carried_out
+
+
+def _trained_full_budget(trial: Trial, policy: StoppingPolicy) -> bool:
+    steps = [step for step, _ in trial_history(trial) if step is not None]
+    return policy.max_steps is not None and bool(steps) and max(steps) >= policy.max_steps
 
 
 def _absorb(runtime: HPORuntime, trial: Trial, result: PollResult) -> None:
