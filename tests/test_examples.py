@@ -166,9 +166,15 @@ def test_example_spec_budgets():
 def test_deployments_yaml_points_at_real_files():
     config = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in config["deployments"]}
-    assert set(deployments) == {"quickstart", "nightly-quickstart"}
+    assert set(deployments) == {"quickstart", "nightly-quickstart", "process"}
     (step,) = config["pull"]
     assert set(step) == {"prefect.deployments.steps.set_working_directory"}
+
+    # the trial flow, whose runs are the trials of a spec with trial.work_pool
+    trial = deployments.pop("process")
+    assert trial["entrypoint"] == "src/prefect_hpo/flows/trial.py:trial_flow"
+    assert (ROOT / "src" / "prefect_hpo" / "flows" / "trial.py").is_file()
+    assert trial["work_pool"]["name"] == "hpo-process" and "parameters" not in trial
 
     for deployment in deployments.values():
         path, func = deployment["entrypoint"].split(":")
@@ -191,7 +197,7 @@ def test_deployments_yaml_passes_prefects_own_model():
     models = pytest.importorskip("prefect.cli.deploy._models")
     raw = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
     parsed = models.PrefectYamlModel.model_validate(raw)
-    assert [d.name for d in parsed.deployments] == ["quickstart", "nightly-quickstart"]
+    assert [d.name for d in parsed.deployments] == ["quickstart", "nightly-quickstart", "process"]
     (schedule,) = parsed.deployments[1].schedules
     assert isinstance(schedule, models.RawScheduleConfig)
     assert parsed.deployments[0].work_pool.work_queue_name == "default"
