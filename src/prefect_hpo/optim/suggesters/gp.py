@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -100,6 +100,9 @@ class GPSuggester(Suggester):
 
     name = "gp"
     multi_objective = True
+    #: What a failed fit or acquisition optimization may raise: the fallback serves this one
+    #: suggestion, with the reason logged (a TypeError or AttributeError is a bug and propagates).
+    model_errors: ClassVar[tuple[type[Exception], ...]] = (BotorchError, NotPSDError, NanError, RuntimeError)
 
     def __init__(
         self,
@@ -140,8 +143,8 @@ class GPSuggester(Suggester):
     def suggest(self, observations: Observations, n: int, rng: np.random.Generator) -> list[Suggestion]:
         if len(observations.X) < self.min_observations:
             logger.info(
-                "gp: %d completed trial(s), fewer than the %d a model needs; using %s for %d point(s)",
-                len(observations.X), self.min_observations, self.fallback.name, n,
+                "%s: %d completed trial(s), fewer than the %d a model needs; using %s for %d point(s)",
+                self.name, len(observations.X), self.min_observations, self.fallback.name, n,
             )
             return self.fallback.suggest(observations, n, rng)
         torch_seed = int(rng.integers(2**31 - 1))
@@ -154,8 +157,9 @@ class GPSuggester(Suggester):
                 warnings.simplefilter("ignore", category=RuntimeWarning)
                 torch.manual_seed(torch_seed)
                 X = self._suggest_with_model(observations, n)
-        except (BotorchError, NotPSDError, NanError, RuntimeError) as exc:
-            logger.warning("gp: model-based suggestion failed (%s: %s); using %s instead", type(exc).__name__, exc, self.fallback.name)
+        except self.model_errors as exc:
+            logger.warning("%s: model-based suggestion failed (%s: %s); using %s instead",
+                           self.name, type(exc).__name__, exc, self.fallback.name)
             return self.fallback.suggest(observations, n, rng)
         X = self.encoder.snap(self.encoder.pull_inside(self.encoder.snap(X)))
         return self._feasible_or_fallback(X, observations, rng)

@@ -24,7 +24,6 @@ experiment needs nothing but the Sobol position.
 from __future__ import annotations
 
 import logging
-import warnings
 from importlib.util import find_spec
 from typing import Any
 
@@ -32,19 +31,17 @@ import numpy as np
 import torch
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from botorch.exceptions import BotorchError
-from botorch.exceptions.warnings import OptimizationWarning
 from botorch.fit import fit_fully_bayesian_model_nuts
 from botorch.models.fully_bayesian import SaasFullyBayesianSingleTaskGP
 from botorch.models.transforms.input import Normalize
 from botorch.models.transforms.outcome import Standardize
 from botorch.sampling import SobolQMCNormalSampler
 from linear_operator.utils.errors import NanError, NotPSDError
-from linear_operator.utils.warnings import NumericalWarning
 
 from prefect_hpo.errors import SpecError
 from prefect_hpo.optim.encoding import SpaceEncoder
-from prefect_hpo.optim.suggesters.base import Observations, Suggester, Suggestion
-from prefect_hpo.optim.suggesters.gp import DTYPE, GPSuggester, _torch_threads
+from prefect_hpo.optim.suggesters.base import Observations, Suggester
+from prefect_hpo.optim.suggesters.gp import DTYPE, GPSuggester
 
 __all__ = ["SAASBO_MIN_DIM", "SAASBO_N_INITIAL", "SAASBOSuggester", "saasbo_available"]
 
@@ -63,9 +60,6 @@ SAASBO_N_INITIAL = 10
 The usual ``2 * d`` would spend 60 trials of a 30-dimensional space before the model that is meant
 to need few points has any say."""
 
-#: What a failed fit or acquisition optimization may raise: use Sobol this time, with a logged
-#: reason, rather than stop the experiment (a TypeError or AttributeError is a bug and propagates).
-_MODEL_ERRORS = (BotorchError, NotPSDError, NanError, RuntimeError, ValueError, FloatingPointError)
 
 
 def saasbo_available() -> bool:
@@ -104,6 +98,7 @@ class SAASBOSuggester(GPSuggester):
     name = "saasbo"
     multi_objective = False
     outcome_constraints = False
+    model_errors = (BotorchError, NotPSDError, NanError, RuntimeError, ValueError, FloatingPointError)
 
     def __init__(
         self,
@@ -158,34 +153,10 @@ class SAASBOSuggester(GPSuggester):
             "warmup_steps": warmup_steps, "num_samples": num_samples, "thinning": thinning, "max_tree_depth": max_tree_depth,
         }
 
-    def suggest(self, observations: Observations, n: int, rng: np.random.Generator) -> list[Suggestion]:
-        assert observations.C is not None
-        if observations.Y.shape[1] != 1 or observations.C.shape[1] > 0:
-            raise SpecError(
-                "algorithm 'saasbo': models one objective without outcome constraints; "
-                "use 'gp' (or 'auto') for several objectives or constrained metrics"
-            )
-        if len(observations.X) < self.min_observations:
-            logger.info(
-                "saasbo: %d completed trial(s), fewer than n_initial=%d; using %s for %d point(s)",
-                len(observations.X), self.min_observations, self.fallback.name, n,
-            )
-            return self.fallback.suggest(observations, n, rng)
-        seed = int(rng.integers(2**31 - 1))
-        try:
-            with _torch_threads(self.threads), torch.random.fork_rng(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", category=OptimizationWarning)
-                warnings.simplefilter("ignore", category=NumericalWarning)
-                warnings.simplefilter("ignore", category=RuntimeWarning)
-                torch.manual_seed(seed)
-                X = self._suggest_with_saas(observations, n, seed)
-        except _MODEL_ERRORS as exc:
-            logger.warning(
-                "saasbo: model-based suggestion failed (%s: %s); using %s instead", type(exc).__name__, exc, self.fallback.name
-            )
-            return self.fallback.suggest(observations, n, rng)
-        X = self.encoder.snap(self.encoder.pull_inside(self.encoder.snap(X)))
-        return self._feasible_or_fallback(X, observations, rng)
+    def _suggest_with_model(self, obs: Observations, n: int) -> np.ndarray:
+        # GPSuggester.suggest seeded torch for this suggestion: NUTS takes its seed from there
+        seed = int(torch.randint(2**31 - 1, (1,)).item())
+        return self._suggest_with_saas(obs, n, seed)
 
     def state_dict(self) -> dict[str, Any]:
         # NUTS starts afresh every time; only the Sobol position must survive a checkpoint, or a
