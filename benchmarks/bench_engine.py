@@ -24,7 +24,6 @@ import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))  # so that `problems` imports however the script is run
 
 from problems import DEFAULT_PROBLEMS, Problem, get_problem, validate_params  # noqa: E402
-from provenance import git_revision  # noqa: E402
+from provenance import git_revision, package_version  # noqa: E402
 
 OPTUNA_METHODS: tuple[str, ...] = ("optuna-tpe", "optuna-gp")
 DEFAULT_METHODS: tuple[str, ...] = ("auto", "sobol", "random")
@@ -259,13 +258,6 @@ def markdown_table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def environment() -> dict[str, Any]:
     """Versions and thread settings that the timings depend on."""
     try:
@@ -279,11 +271,11 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "torch": _version("torch"),
+        "torch": package_version("torch"),
         "torch_threads": threads,
-        "botorch": _version("botorch"),
-        "optuna": _version("optuna"),
-        "numpy": _version("numpy"),
+        "botorch": package_version("botorch"),
+        "optuna": package_version("optuna"),
+        "numpy": package_version("numpy"),
         "git": git_revision(),
     }
 

@@ -35,7 +35,6 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +49,7 @@ import torch  # noqa: E402
 from botorch.test_functions.multi_objective import DTLZ2, BraninCurrin  # noqa: E402
 
 from prefect_hpo import Experiment  # noqa: E402
-from provenance import git_revision  # noqa: E402
+from provenance import git_revision, package_version  # noqa: E402
 
 NON_MODEL_SUGGESTERS = frozenset({"sobol", "random", "manual"})
 DEFAULT_METHODS = ("auto", "auto-inferred", "sobol", "random")
@@ -165,13 +164,6 @@ def markdown_table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1 (default 5)")
@@ -193,9 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')} | git {git_revision()} | "
-          f"python {platform.python_version()} | torch {_version('torch')} (threads {torch.get_num_threads()}; "
+          f"python {platform.python_version()} | torch {package_version('torch')} (threads {torch.get_num_threads()}; "
           f"the GP runs on PREFECT_HPO_TORCH_THREADS={os.environ.get('PREFECT_HPO_TORCH_THREADS', '1')}) | "
-          f"botorch {_version('botorch')} | cpus {os.cpu_count()}")
+          f"botorch {package_version('botorch')} | cpus {os.cpu_count()}")
     failed = False
     for name in names:
         problem = problems[name]

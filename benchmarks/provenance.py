@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+from importlib import metadata
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["REPO_ROOT", "git_revision", "isolate_environment"]
+__all__ = ["REPO_ROOT", "git_revision", "isolate_environment", "package_version"]
 
 
 def git_revision() -> str:
@@ -25,6 +26,14 @@ def git_revision() -> str:
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown (no commit)"
+
+
+def package_version(dist: str) -> str:
+    """An installed distribution's version for a table header, or "not installed"."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def isolate_environment(scratch: Path) -> None:
