@@ -2,7 +2,7 @@
 above SAASBO_MIN_DIM dimensions, and what it cannot do is refused with the field named.
 
 NUTS budgets are cut to a few dozen steps so each fit compiles and runs in seconds; the defaults
-are measured in benchmarks/bench_saasbo.py.
+are measured by benchmarks/bench_engine.py --problems branin30.
 """
 
 from pathlib import Path
