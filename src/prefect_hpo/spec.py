@@ -61,6 +61,10 @@ class WorkPoolSpec(_Strict):
         default=None,
         description="Prefect global concurrency limit of which each trial holds gpus_per_trial slots while it runs",
     )
+    slot_retry_s: float = Field(
+        default=2.0, gt=0, le=60,
+        description="longest wait between two tries for slots of concurrency_limit: a freed GPU's hand-off time",
+    )
     kill_wait_s: float = Field(default=30.0, ge=0, description="how long a stop waits for the flow run to end")
     work_queue: str | None = Field(default=None, description="the pool's work queue; with a tenant, default the tenant's")
 

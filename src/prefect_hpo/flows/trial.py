@@ -10,7 +10,12 @@ trial needs no path back to the flow's machine other than the tracking server.
 
 With ``concurrency_limit`` the attempt holds ``gpus`` slots of that Prefect global concurrency
 limit while its command runs: experiments that share a limit of N never run more than N GPUs of
-trials together, whatever their own ``max_parallel``.
+trials together, whatever their own ``max_parallel``; a waiting trial asks for its slots again every
+``slot_retry_s`` at most (see :mod:`prefect_hpo.flows.quota`).
+
+Start-up time is the price of a flow run per trial, so the command starts before anything slow:
+MLflow is imported and connected while the command is already starting (its first report cannot
+come sooner anyway).
 
 The flow run ends COMPLETED when the command exits 0, FAILED with the reason otherwise; a
 cancelled flow run (a stopping policy, or a user in the UI) kills the command's process group on
@@ -24,15 +29,17 @@ import os
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow
-from prefect.concurrency.sync import concurrency
 
 from prefect_hpo.errors import StorageError, TrialError
+from prefect_hpo.flows.quota import hold_gpu_slots
 from prefect_hpo.launchers.base import LaunchRequest, TrialState
 from prefect_hpo.launchers.local import LocalProcessLauncher
-from prefect_hpo.storage.tracking import MlflowTracker
+
+if TYPE_CHECKING:
+    from prefect_hpo.storage.tracking import MlflowTracker
 
 __all__ = ["TRIAL_FLOW_NAME", "run_attempt", "trial_flow"]
 
@@ -56,11 +63,12 @@ def trial_flow(
     gpus: int = 0,
     concurrency_limit: str | None = None,
     mlflow_experiment: str | None = None,
+    slot_retry_s: float = 2.0,
 ) -> dict[str, Any]:
     """Run one attempt of trial ``index``; returns its exit code and how many reports it made."""
     return run_attempt(
         experiment, index, attempt, command, params, env=env, cwd=cwd, timeout_s=timeout_s, gpus=gpus,
-        concurrency_limit=concurrency_limit, mlflow_experiment=mlflow_experiment,
+        concurrency_limit=concurrency_limit, mlflow_experiment=mlflow_experiment, slot_retry_s=slot_retry_s,
     )
 
 
@@ -78,6 +86,7 @@ def run_attempt(
     concurrency_limit: str | None = None,
     mlflow_experiment: str | None = None,
     watch_stop: bool = False,
+    slot_retry_s: float = 2.0,
 ) -> dict[str, Any]:
     """The body of a remote trial attempt, wherever it runs (a work-pool flow run, a Dask task).
 
@@ -86,21 +95,22 @@ def run_attempt(
     MLflow run (a task on a Dask worker cannot be cancelled from outside).
     """
     env = dict(env or {})
-    tracker, run_id = _tracker(env, mlflow_experiment or experiment)
-    # strict: a misspelt or missing limit fails the trial with Prefect's reason instead of
-    # silently running it without a quota
-    quota = concurrency(concurrency_limit, occupy=gpus, strict=True) if concurrency_limit and gpus > 0 else nullcontext()
+    quota = hold_gpu_slots(concurrency_limit, gpus, retry_s=slot_retry_s) if concurrency_limit and gpus > 0 else nullcontext()
     with quota, tempfile.TemporaryDirectory(prefix=f"prefect-hpo-{index}-{attempt}-") as scratch:
-        launcher = LocalProcessLauncher()
+        # The infrastructure gives a GPU trial its devices (a pod sees exactly the GPUs it
+        # requested), so nothing is partitioned here and ``gpus`` only sizes the quota above;
+        # a CPU trial (gpus=0) gets none, as on the local launcher.
+        launcher = LocalProcessLauncher(inherit_gpus=gpus > 0)
         request = LaunchRequest(
             experiment=experiment, index=index, attempt=attempt, command=command, params=params,
-            # The infrastructure gives the run its GPUs (a pod sees exactly the devices it
-            # requested), so nothing is partitioned here; ``gpus`` only sizes the quota above.
             env=env, workdir=Path(scratch), cwd=Path(cwd) if cwd else None, timeout_s=timeout_s, gpus_per_trial=0,
         )
         handle = launcher.launch(request)
         reported = 0
+        tracker: MlflowTracker | None = None
+        run_id: str | None = None
         try:
+            tracker, run_id = _tracker(env, mlflow_experiment or experiment)
             while True:
                 result = launcher.poll(handle)
                 if result.reports and tracker is not None and run_id:
@@ -137,6 +147,8 @@ def _tracker(env: dict[str, str], experiment_name: str) -> tuple[MlflowTracker |
     if not uri or not run_id:
         logger.warning("no MLflow run for this trial: its reports reach nobody but its log")
         return None, None
+    from prefect_hpo.storage.tracking import MlflowTracker  # MLflow takes seconds to import: after the launch
+
     try:
         return MlflowTracker(uri, experiment_name), run_id
     except StorageError as exc:

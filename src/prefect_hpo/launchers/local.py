@@ -125,16 +125,19 @@ class LocalProcessLauncher(Launcher):
 
     ``gpus``: the device ids trials may use (None: detect them, see
     :func:`~prefect_hpo.launchers.gpus.detect_gpus`). ``kill_grace_s``: how long a killed trial
-    gets between SIGTERM and SIGKILL.
+    gets between SIGTERM and SIGKILL. ``inherit_gpus``: the infrastructure already gave this
+    process its GPUs (a pod's ``nvidia.com/gpu``, a container's ``--gpus``, a worker pinned to
+    devices), so trials keep the ``CUDA_VISIBLE_DEVICES`` they inherit instead of being handed ids.
 
     The launcher object only caches (log offsets, Popen objects to reap children, which GPUs it
     holds): every fact needed to find an attempt again is in its handle or its workdir.
     """
 
-    def __init__(self, gpus: Sequence[str] | None = None, kill_grace_s: float = 5.0) -> None:
+    def __init__(self, gpus: Sequence[str] | None = None, kill_grace_s: float = 5.0, *, inherit_gpus: bool = False) -> None:
         if kill_grace_s < 0:
             raise SpecError(f"kill_grace_s must be >= 0, got {kill_grace_s}")
-        self.pool = GpuPool(gpus)
+        self.inherit_gpus = inherit_gpus
+        self.pool = GpuPool([] if inherit_gpus else gpus)
         self.kill_grace_s = float(kill_grace_s)
         self._lock = threading.RLock()
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -303,11 +306,11 @@ class LocalProcessLauncher(Launcher):
                 "PREFECT_HPO_EXPERIMENT": request.experiment,
                 "PREFECT_HPO_ATTEMPT": str(request.attempt),
                 "PREFECT_HPO_WORKDIR": str(workdir),
-                # "" hides every GPU from a CPU trial instead of letting it grab one.
-                "CUDA_VISIBLE_DEVICES": ",".join(gpus),
                 LAUNCH_ID_ENV: launch_id,
             }
         )
+        if not self.inherit_gpus:  # "" hides every GPU from a CPU trial instead of letting it grab one
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         started_at = time.time()
         with open(log, "ab") as out:
             log_start = out.tell()

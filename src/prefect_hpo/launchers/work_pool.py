@@ -88,6 +88,7 @@ class WorkPoolLauncher(Launcher):
             "timeout_s": request.timeout_s,
             "gpus": request.gpus_per_trial,
             "concurrency_limit": self.concurrency_limit,
+            "slot_retry_s": self.pool.slot_retry_s,
             "mlflow_experiment": self.tracker.experiment_name,
         }
         try:
