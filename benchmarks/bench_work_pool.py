@@ -12,7 +12,9 @@ collected the result.
   run's completion plus the HPO flow's poll (poll interval 0.5 s).
 * throughput: 8 trials of 5 s, 4 at a time; ideal wall time 10 s.
 * GPU hand-off: 6 trials of 3 s, 1 "GPU" each, 4 at a time, sharing a concurrency limit of 2:
-  ideal 9 s; reported is how long a freed slot stays idle before the next trial's command starts.
+  ideal 9 s; reported is how long a freed slot stays idle before the next trial's command starts,
+  split by whether that trial's flow run was already running (waiting for the slot, so the gap is
+  the limit's hand-off, bounded by ``slot_retry_s`` = 2 s) or still starting up.
 
 Example (about 3 minutes on 2 cores):
     .venv/bin/python benchmarks/bench_work_pool.py
@@ -117,11 +119,30 @@ def run_experiment(env: dict[str, str], scratch: Path, name: str, trials: int, p
     return {"wall": wall, "rows": rows}
 
 
-def handoff_gaps(rows: list[dict[str, Any]], slots: int) -> list[float]:
-    """For each trial that had to wait for a slot: its command start minus the moment a slot freed."""
-    events = sorted([(r["start"], 1) for r in rows] + [(r["end"], -1) for r in rows])
+def flow_run_phases(name: str) -> dict[int, dict[str, float]]:
+    """For each trial's flow run: when the worker took it (PENDING) and when its process had
+    started Prefect and loaded the trial flow (RUNNING), from the API's state history."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    phases: dict[int, dict[str, float]] = {}
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"prefect-hpo:{name}"])))
+        for run in runs:
+            index = int(run.name.split("-trial-")[1].split("-")[0])
+            at = {"created": run.created.timestamp()}
+            for state in client.read_flow_run_states(run.id):
+                at.setdefault(state.type.value.lower(), state.timestamp.timestamp())
+            phases[index] = at
+    return phases
+
+
+def handoff_gaps(rows: list[dict[str, Any]], slots: int) -> list[tuple[float, int, float]]:
+    """For each trial that took a freed slot: (its command start minus the moment the slot
+    freed, its index, that moment)."""
+    events = sorted([(r["start"], 1, r["index"]) for r in rows] + [(r["end"], -1, r["index"]) for r in rows])
     busy, freed, gaps = 0, [], []
-    for at, delta in events:
+    for at, delta, index in events:
         if delta < 0:
             busy -= 1
             freed.append(at)
@@ -129,12 +150,15 @@ def handoff_gaps(rows: list[dict[str, Any]], slots: int) -> list[float]:
             if busy >= slots:
                 raise AssertionError(f"more than {slots} trials ran at once")
             if freed:
-                gaps.append(at - freed.pop(0))
+                freed_at = freed.pop(0)
+                gaps.append((at - freed_at, index, freed_at))
             busy += 1
     return gaps
 
 
 def _ms(values: list[float]) -> str:
+    if not values:
+        return "none"
     values = sorted(values)
     return f"median {1000 * statistics.median(values):.0f} ms, max {1000 * values[-1]:.0f} ms"
 
@@ -146,7 +170,8 @@ def main() -> int:
     (scratch / "trial.py").write_text(TRIAL)
     (scratch / "tmp").mkdir()
     port = _free_port()
-    env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_WORKER_QUERY_SECONDS": "1",
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"  # for flow_run_phases, in this process
+    env = {**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "1",
            "PWD": str(REPO_ROOT), "TMPDIR": str(scratch / "tmp"), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')} | git {git_revision()} | cpus {os.cpu_count()}")
@@ -170,15 +195,30 @@ def main() -> int:
         print(f"| launch -> trial command starts (6 trials, 1 at a time) | {_ms([r['launch_to_start'] for r in rows])} |")
         print(f"| trial command ends -> result in the HPO flow | {_ms([r['end_to_collected'] for r in rows])} |")
         print(f"| per trial, end to end (wall / trials) | {latency['wall'] / len(rows):.1f} s (flow start included) |")
+        phases = flow_run_phases("latency")
+        starts = {r["index"]: r["start"] for r in rows}
+        launched = {r["index"]: r["start"] - r["launch_to_start"] for r in rows}
+        create = [p["created"] - launched[i] for i, p in phases.items()]
+        pickup = [p["pending"] - p["created"] for p in phases.values()]
+        boot = [p["running"] - p["pending"] for p in phases.values()]
+        body = [starts[i] - p["running"] for i, p in phases.items()]
+        print(f"| of which: launch -> flow run created (MLflow run, run_deployment) | {_ms(create)} |")
+        print(f"| of which: flow run created -> taken by the worker (PENDING) | {_ms(pickup)} |")
+        print(f"| of which: PENDING -> RUNNING (new process: imports, flow loaded) | {_ms(boot)} |")
+        print(f"| of which: RUNNING -> trial command starts | {_ms(body)} |")
         throughput = run_experiment(env, scratch, "throughput", trials=8, parallel=4, seconds=5.0)
         span = max(r["end"] for r in throughput["rows"]) - min(r["start"] for r in throughput["rows"])
         print(f"| 8 trials of 5 s, 4 at a time: first start -> last end (ideal 10 s) | {span:.1f} s |")
         print(f"| same, whole `prefect-hpo run` wall time | {throughput['wall']:.1f} s ({60 * 8 / throughput['wall']:.1f} trials/min) |")
         gpu = run_experiment(env, scratch, "handoff", trials=6, parallel=4, seconds=3.0, gpus=1, limit="gpu-bench")
         gaps = handoff_gaps(gpu["rows"], slots=2)
+        running_since = {i: p["running"] for i, p in flow_run_phases("handoff").items()}
+        waiting = [gap for gap, index, freed_at in gaps if running_since[index] < freed_at]
+        starting = [gap for gap, index, freed_at in gaps if running_since[index] >= freed_at]
         span = max(r["end"] for r in gpu["rows"]) - min(r["start"] for r in gpu["rows"])
         print(f"| 6 trials of 3 s sharing a limit of 2 GPUs: first start -> last end (ideal 9 s) | {span:.1f} s |")
-        print(f"| GPU slot idle between a trial's end and the next start ({len(gaps)} hand-offs) | {_ms(gaps)} |")
+        print(f"| GPU slot idle until a trial already waiting for it starts ({len(waiting)} hand-offs) | {_ms(waiting)} |")
+        print(f"| GPU slot idle until a trial whose flow run was still starting starts ({len(starting)}) | {_ms(starting)} |")
     finally:
         if worker is not None:
             _stop(worker, [signal.SIGINT, signal.SIGINT, signal.SIGKILL])

@@ -47,3 +47,23 @@ def test_a_function_object_cannot_travel_to_a_work_pool() -> None:
     spec = {**BASE, "trial": {"callable": local_function, "work_pool": {"deployment": "prefect-hpo-trial/process"}}}
     with pytest.raises(SpecError, match="work_pool.*package.module:function"):
         load_spec(spec)
+
+
+def dask_trial(**dask: object) -> dict:
+    return {**BASE, "trial": {"command": "python train.py --x {x}", "gpus_per_trial": 1, "dask": dask}}
+
+
+def test_a_local_dask_cluster_without_the_gpus_its_trials_ask_for_is_refused() -> None:
+    """Dask would keep such trials pending forever without a word; the spec says why instead."""
+    with pytest.raises(SpecError, match=r"dask\.worker_resources.*1 'GPU'.*none"):
+        load_spec(dask_trial(n_workers=2))
+    with pytest.raises(SpecError, match=r"dask\.worker_resources.*\{'GPU': 1\}"):
+        load_spec(dask_trial(worker_resources={"gpu": 1}))
+
+
+def test_dask_gpu_trials_load_when_workers_declare_them_or_the_resource_is_off() -> None:
+    spec = load_spec(dask_trial(worker_resources={"GPU": 1}, concurrency_limit="gpu"))
+    assert spec.trial.dask is not None and spec.trial.dask.concurrency_limit == "gpu"
+    assert load_spec(spec.to_dict()).trial.dask == spec.trial.dask
+    assert load_spec(dask_trial(gpu_resource=None)).trial.dask.gpu_resource is None
+    assert load_spec(dask_trial(address="tcp://10.0.0.5:8786")).trial.dask.address  # its workers are not known here

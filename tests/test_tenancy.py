@@ -6,7 +6,14 @@ import pytest
 
 from prefect_hpo.errors import SpecError, TenantError
 from prefect_hpo.spec import load_spec
-from prefect_hpo.tenancy import caller_tenant, check_owner, mlflow_experiment_name, resolve_tenant, scoped_storage
+from prefect_hpo.tenancy import (
+    caller_tenant,
+    check_owner,
+    mlflow_experiment_name,
+    resolve_tenant,
+    scoped_storage,
+    tenant_limit,
+)
 
 BASE = {
     "name": "t",
@@ -73,3 +80,11 @@ def test_a_tenants_trials_cannot_use_another_tenants_queue_or_limit(work_pool: d
     ok = {"command": "python train.py", "work_pool": {"deployment": "prefect-hpo-trial/k8s", "work_queue": "team-a-gpu",
                                                       "concurrency_limit": "a100-team-a"}}
     assert load_spec({**BASE, "tenant": "team-a", "trial": ok}).tenant == "team-a"
+
+
+def test_a_tenants_dask_trials_hold_its_own_limit() -> None:
+    trial = {"command": "python train.py", "dask": {"address": "tcp://dask:8786", "concurrency_limit": "gpu-team-b"}}
+    with pytest.raises(SpecError, match=r"trial\.dask\.concurrency_limit.*'gpu-team-b' is not tenant 'team-a'"):
+        load_spec({**BASE, "tenant": "team-a", "trial": trial})
+    assert tenant_limit("team-a", None, "f") == "gpu-team-a"
+    assert tenant_limit("team-a", "a100-team-a", "f") == "a100-team-a"

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serial
 
 from prefect_hpo.errors import SearchSpaceError, SpecError
 from prefect_hpo.optim.space import SearchSpace, load_document
-from prefect_hpo.tenancy import check_tenant_name, check_work_pool_names
+from prefect_hpo.tenancy import check_tenant_name, check_work_pool_names, tenant_limit
 
 if TYPE_CHECKING:
     from prefect_hpo.optim.experiment import Experiment
@@ -78,11 +78,28 @@ class WorkPoolSpec(_Strict):
 
 
 class DaskSpec(_Strict):
-    """Run each trial as a Prefect task on Dask workers (prefect-dask's DaskTaskRunner)."""
+    """Run each trial as a Prefect task on Dask workers (prefect-dask's DaskTaskRunner).
+
+    GPUs are Dask worker resources: a GPU trial asks the scheduler for ``gpus_per_trial`` units
+    of ``gpu_resource``, so it only lands on a worker that declared them (``dask worker
+    --resources GPU=1``, one worker per device with its ``CUDA_VISIBLE_DEVICES``, which the trial
+    keeps). ``concurrency_limit`` adds the cross-experiment quota, as on a work pool.
+    """
 
     address: str | None = Field(default=None, description="a Dask scheduler, e.g. tcp://10.0.0.5:8786; default: a local cluster")
     n_workers: int = Field(default=2, ge=1, description="local cluster: worker processes")
     threads_per_worker: int = Field(default=1, ge=1, description="local cluster: trials at once per worker")
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="local cluster: resources each worker declares, e.g. {'GPU': 1}"
+    )
+    gpu_resource: str | None = Field(
+        default="GPU", description="worker resource a GPU trial asks gpus_per_trial of; null: schedule GPU trials anywhere"
+    )
+    concurrency_limit: str | None = Field(
+        default=None,
+        description="Prefect global concurrency limit of which each trial holds gpus_per_trial slots while it runs",
+    )
+    slot_retry_s: float = Field(default=2.0, gt=0, le=60, description="longest wait between two tries for slots of concurrency_limit")
     kill_wait_s: float = Field(default=15.0, ge=0, description="how long a stop waits for the task to end")
 
 
@@ -109,6 +126,16 @@ class TrialSpec(_Strict):
             raise ValueError("give exactly one of 'command' or 'callable'")
         if self.work_pool is not None and self.dask is not None:
             raise ValueError("give at most one of 'work_pool' and 'dask'")
+        dask = self.dask
+        if (
+            dask is not None and dask.address is None and dask.gpu_resource and self.gpus_per_trial > 0
+            and dask.worker_resources.get(dask.gpu_resource, 0) < self.gpus_per_trial
+        ):
+            raise ValueError(
+                f"dask.worker_resources: each trial asks for {self.gpus_per_trial} {dask.gpu_resource!r} but the local "
+                f"cluster's workers declare {dask.worker_resources or 'none'}, so no trial could ever start; give e.g. "
+                f"{{{dask.gpu_resource!r}: {self.gpus_per_trial}}}, or gpu_resource: null"
+            )
         if (self.work_pool is not None or self.dask is not None) and self.in_process:
             raise ValueError("work_pool/dask: a Python function object cannot travel to another process; "
                              "give it as 'package.module:function'")
@@ -219,9 +246,11 @@ class ExperimentSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_tenant_names(self) -> ExperimentSpec:
-        pool = self.trial.work_pool
+        pool, dask = self.trial.work_pool, self.trial.dask
         if self.tenant is not None and pool is not None:
             check_work_pool_names(self.tenant, pool.work_queue, pool.concurrency_limit)
+        if self.tenant is not None and dask is not None:
+            tenant_limit(self.tenant, dask.concurrency_limit, "trial.dask.concurrency_limit")
         return self
 
     @field_validator("name")

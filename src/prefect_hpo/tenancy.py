@@ -7,8 +7,9 @@ of a concurrency-limit name). An experiment belongs to at most one tenant, writt
 * checkpoints, leases and trial folders under ``<storage>/tenants/t/`` (the storage URI the spec
   gives is the installation's root);
 * the MLflow experiment ``t/<name>``;
-* on a work pool, the work queue ``t`` (or ``t-<something>``) and concurrency limits named
-  ``...-t`` (default ``gpu-t``), so one tenant's trials never take another's GPUs or queue.
+* on a work pool, the work queue ``t`` (or ``t-<something>``); on a work pool or Dask,
+  concurrency limits named ``...-t`` (default ``gpu-t``), so one tenant's trials never take
+  another's GPUs or queue.
 
 Who is calling is ``PREFECT_HPO_TENANT`` (or ``--tenant``), set by the platform for each team's
 deployments, workers and shells. A caller only finds experiments under its own prefix, and an
@@ -34,6 +35,7 @@ __all__ = [
     "mlflow_experiment_name",
     "resolve_tenant",
     "scoped_storage",
+    "tenant_limit",
 ]
 
 TENANT_ENV = "PREFECT_HPO_TENANT"
@@ -86,15 +88,23 @@ def mlflow_experiment_name(name: str, tenant: str | None) -> str:
     return name if tenant is None else f"{tenant}/{name}"
 
 
-def check_work_pool_names(tenant: str, work_queue: str | None, concurrency_limit: str | None) -> tuple[str, str | None]:
+def check_work_pool_names(tenant: str, work_queue: str | None, concurrency_limit: str | None) -> tuple[str, str]:
     """The tenant's work queue and concurrency limit for a work-pool experiment; names that
     belong to someone else are refused. Returns ``(work_queue, concurrency_limit)``."""
     queue = work_queue or tenant
     if queue != tenant and not queue.startswith(f"{tenant}-"):
         raise SpecError(f"trial.work_pool.work_queue: {queue!r} is not tenant {tenant!r}'s; use {tenant!r} or '{tenant}-...'")
-    if concurrency_limit is not None and not concurrency_limit.endswith(f"-{tenant}"):
+    return queue, tenant_limit(tenant, concurrency_limit, "trial.work_pool.concurrency_limit")
+
+
+def tenant_limit(tenant: str, concurrency_limit: str | None, field: str) -> str:
+    """The concurrency limit a tenant's trials hold: the one named if it is the tenant's
+    (``...-<tenant>``), else refused; ``gpu-<tenant>`` when none is named."""
+    if concurrency_limit is None:
+        return f"gpu-{tenant}"
+    if not concurrency_limit.endswith(f"-{tenant}"):
         raise SpecError(
-            f"trial.work_pool.concurrency_limit: {concurrency_limit!r} is not tenant {tenant!r}'s; "
+            f"{field}: {concurrency_limit!r} is not tenant {tenant!r}'s; "
             f"a tenant's limits end in '-{tenant}' (e.g. 'gpu-{tenant}')"
         )
-    return queue, concurrency_limit
+    return concurrency_limit

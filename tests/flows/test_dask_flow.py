@@ -59,3 +59,23 @@ def test_a_stopping_policy_ends_dask_trials(workspace: Path, monkeypatch: pytest
     for _, _, _, pid in (e for e in log if e[0] == "start"):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_gpu_trials_only_run_where_a_worker_has_a_free_gpu(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers with two threads each could run four trials at once, but each declares one
+    "GPU" (a Dask resource: no device exists here, nor is one needed to count) and each trial
+    asks for one, so never more than two run together and all of them still finish."""
+    monkeypatch.setenv("TRIAL_STEPS", "3")
+    monkeypatch.setenv("TRIAL_SLEEP", "0.3")
+    spec = make_spec(
+        "dask-gpu", budget={"trials": 4, "max_parallel": 4},
+        trial={"gpus_per_trial": 1, "dask": {"n_workers": 2, "threads_per_worker": 2, "worker_resources": {"GPU": 1}}},
+    )
+    hpo_flow(spec=spec)
+    exp = _state("dask-gpu").experiment
+    assert [t.status.value for t in exp.trials] == ["completed"] * 4
+    running = most = 0
+    for kind, _, _, _ in events(workspace):  # in the order the trials wrote them
+        running += 1 if kind == "start" else -1
+        most = max(most, running)
+    assert most == 2

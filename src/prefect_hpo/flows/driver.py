@@ -17,7 +17,7 @@ from typing import Any
 from prefect_hpo.errors import ExperimentNotFoundError, SearchSpaceExhaustedError, SpecError, StorageError
 from prefect_hpo.flows.pareto_plot import render_pareto_png
 from prefect_hpo.flows.progress import Progress, notify
-from prefect_hpo.launchers.base import Launcher
+from prefect_hpo.launchers.base import Launcher, handle_kind
 from prefect_hpo.launchers.inprocess import InProcessLauncher
 from prefect_hpo.launchers.local import LocalProcessLauncher
 from prefect_hpo.launchers.work_pool import WorkPoolLauncher
@@ -47,6 +47,10 @@ from prefect_hpo.tasks.runtime import best_or_none, describe_values
 __all__ = ["check_access", "open_runtime", "drive", "finish", "trials_dir_for", "close_runtime"]
 
 logger = logging.getLogger(__name__)
+
+#: Launcher kinds whose attempts die with the flow that started them: its threads, and Dask tasks
+#: whose futures only it held ("dask": launchers.dask is only imported when used).
+_DIES_WITH_FLOW = frozenset({InProcessLauncher.kind, "dask"})
 
 
 def trials_dir_for(storage: str, name: str, tenant: str | None = None) -> Path:
@@ -165,7 +169,7 @@ def _launcher_for(spec: ExperimentSpec, tracker: MlflowTracker, metric_names: Se
     if trial.dask is not None:
         from prefect_hpo.launchers.dask import DaskLauncher  # imports prefect-dask only when used
 
-        return DaskLauncher(trial.dask, tracker, metric_names)
+        return DaskLauncher(trial.dask, tracker, metric_names, tenant=spec.tenant)
     if trial.in_process:
         assert callable(trial.callable)
         return InProcessLauncher(trial.callable, list(spec.objectives))
@@ -214,6 +218,7 @@ def _reconcile(runtime: HPORuntime) -> None:
     A trial whose process finished while no flow was watching keeps its handle: the next poll
     reads its exit status and whole log, so its result is not lost and it is not run again.
     """
+    _check_launcher_kind(runtime)
     for trial in runtime.experiment.trials:
         if not trial.status.in_flight:
             continue
@@ -226,6 +231,35 @@ def _reconcile(runtime: HPORuntime) -> None:
             logger.info("trial %d: re-attached to its running process", trial.index)
         # the first poll after a re-attach returns the whole log again; skip what is known
         trial.metadata["replayed"] = len(trial.metadata.get("history", []))
+
+
+def _check_launcher_kind(runtime: HPORuntime) -> None:
+    """The spec may move an experiment to another launcher between runs (local processes to a
+    work pool, say). Attempts of the old kind that died with the old flow (in-process threads,
+    Dask tasks only it knew) simply run again on the new one; attempts that may still be running
+    (a process, a flow run) cannot be watched by the new launcher, and neither dropping them
+    (they would run twice) nor waiting blindly is right, so the resume is refused until they end."""
+    kind = getattr(runtime.launcher, "kind", None)
+    stranded: dict[str, list[int]] = {}
+    for trial in runtime.experiment.trials:
+        handle = trial.metadata.get("handle")
+        if not trial.status.in_flight or handle is None or kind is None or handle_kind(handle) == kind:
+            continue
+        old = handle_kind(handle)
+        if old in _DIES_WITH_FLOW:
+            logger.warning("trial %d: its %s attempt ended with the previous flow; it runs again on the %s launcher",
+                           trial.index, old, kind)
+            trial.metadata["handle"] = None
+        else:
+            stranded.setdefault(old, []).append(trial.index)
+    if stranded:
+        where = "; ".join(f"trials {', '.join(map(str, idx))} on the {old!r} launcher" for old, idx in stranded.items())
+        name = runtime.spec.name
+        raise SpecError(
+            f"trial: experiment {name!r} now runs trials on the {kind!r} launcher, but {where} may still be "
+            f"running and only that launcher can watch them; resume it as it was (`prefect-hpo resume {name}`, "
+            "which uses the checkpoint's spec) until they end, then switch"
+        )
 
 
 def _adopt_unrecorded_launch(runtime: HPORuntime, trial: Trial) -> dict[str, Any] | None:

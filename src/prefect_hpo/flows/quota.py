@@ -48,6 +48,18 @@ def _server_retry_after(exc: BaseException) -> float | None:
     return None
 
 
+class _ExpectedDenials(logging.Filter):
+    """Prefect logs every refused acquisition as an ERROR of its service thread; here a refusal
+    is the normal "wait for a GPU", so those lines are dropped while a trial waits."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (record.msg == "Service %r failed to process item %r" and args and "ConcurrencySlot" in str(args[0]))
+
+
+_PREFECT_SERVICE_LOGGER = logging.getLogger("prefect._internal.concurrency")
+
+
 @contextmanager
 def hold_gpu_slots(limit: str, gpus: int, *, retry_s: float = 2.0) -> Iterator[float]:
     """Hold ``gpus`` slots of the global concurrency limit ``limit`` for the ``with`` body.
@@ -60,23 +72,28 @@ def hold_gpu_slots(limit: str, gpus: int, *, retry_s: float = 2.0) -> Iterator[f
     """
     waited_since = time.monotonic()
     announced = False
+    quiet = _ExpectedDenials()
     with ExitStack() as stack:
-        while True:
-            try:
-                stack.enter_context(
-                    concurrency(limit, occupy=gpus, max_retries=0, strict=True, raise_on_lease_renewal_failure=False)
-                )
-                break
-            except ConcurrencySlotAcquisitionError as exc:
-                server_wait = _server_retry_after(exc)
-                if server_wait is None:
-                    raise
-                logger.debug("limit %r full; the server says retry in %.1f s", limit, server_wait,
-                             extra={"server_wait": server_wait})
-                if not announced:
-                    logger.info("waiting for %d slot(s) of concurrency limit %r", gpus, limit)
-                    announced = True
-                time.sleep(max(_MIN_WAIT_S, min(server_wait, retry_s) * random.uniform(0.7, 1.0)))
+        _PREFECT_SERVICE_LOGGER.addFilter(quiet)
+        try:
+            while True:
+                try:
+                    stack.enter_context(
+                        concurrency(limit, occupy=gpus, max_retries=0, strict=True, raise_on_lease_renewal_failure=False)
+                    )
+                    break
+                except ConcurrencySlotAcquisitionError as exc:
+                    server_wait = _server_retry_after(exc)
+                    if server_wait is None:
+                        raise
+                    logger.debug("limit %r full; the server says retry in %.1f s", limit, server_wait,
+                                 extra={"server_wait": server_wait})
+                    if not announced:
+                        logger.info("waiting for %d slot(s) of concurrency limit %r", gpus, limit)
+                        announced = True
+                    time.sleep(max(_MIN_WAIT_S, min(server_wait, retry_s) * random.uniform(0.7, 1.0)))
+        finally:
+            _PREFECT_SERVICE_LOGGER.removeFilter(quiet)
         waited = time.monotonic() - waited_since
         if announced:
             logger.info("got %d slot(s) of %r after %.1f s", gpus, limit, waited)

@@ -13,9 +13,8 @@ limit while its command runs: experiments that share a limit of N never run more
 trials together, whatever their own ``max_parallel``; a waiting trial asks for its slots again every
 ``slot_retry_s`` at most (see :mod:`prefect_hpo.flows.quota`).
 
-Start-up time is the price of a flow run per trial, so the command starts before anything slow:
-MLflow is imported and connected while the command is already starting (its first report cannot
-come sooner anyway).
+Start-up time is the price of a flow run per trial, so nothing slow stands before the command:
+MLflow is imported and connected in a thread beside it.
 
 The flow run ends COMPLETED when the command exits 0, FAILED with the reason otherwise; a
 cancelled flow run (a stopping policy, or a user in the UI) kills the command's process group on
@@ -27,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,6 +95,11 @@ def run_attempt(
     MLflow run (a task on a Dask worker cannot be cancelled from outside).
     """
     env = dict(env or {})
+    # MLflow takes seconds to import and connect: that runs beside the quota wait and the
+    # command's start, and is only waited for when the first report is to be logged
+    connecting = ThreadPoolExecutor(1, thread_name_prefix="prefect-hpo-mlflow")
+    tracker_ready = connecting.submit(_tracker, env, mlflow_experiment or experiment)
+    connecting.shutdown(wait=False)
     quota = hold_gpu_slots(concurrency_limit, gpus, retry_s=slot_retry_s) if concurrency_limit and gpus > 0 else nullcontext()
     with quota, tempfile.TemporaryDirectory(prefix=f"prefect-hpo-{index}-{attempt}-") as scratch:
         # The infrastructure gives a GPU trial its devices (a pod sees exactly the GPUs it
@@ -110,7 +115,7 @@ def run_attempt(
         tracker: MlflowTracker | None = None
         run_id: str | None = None
         try:
-            tracker, run_id = _tracker(env, mlflow_experiment or experiment)
+            tracker, run_id = tracker_ready.result()
             while True:
                 result = launcher.poll(handle)
                 if result.reports and tracker is not None and run_id:
@@ -147,7 +152,7 @@ def _tracker(env: dict[str, str], experiment_name: str) -> tuple[MlflowTracker |
     if not uri or not run_id:
         logger.warning("no MLflow run for this trial: its reports reach nobody but its log")
         return None, None
-    from prefect_hpo.storage.tracking import MlflowTracker  # MLflow takes seconds to import: after the launch
+    from prefect_hpo.storage.tracking import MlflowTracker  # imported here: run_attempt calls this in a thread
 
     try:
         return MlflowTracker(uri, experiment_name), run_id

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from prefect_hpo.trial import Report
 
-__all__ = ["LaunchRequest", "Launcher", "PollResult", "TrialState"]
+__all__ = ["LaunchRequest", "Launcher", "PollResult", "TrialState", "handle_kind"]
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,16 @@ class PollResult:
     tracked: bool = False
 
 
+def handle_kind(handle: dict[str, Any]) -> str:
+    """Which launcher made ``handle`` (a launcher can only watch its own kind of handle)."""
+    return str(handle.get("kind") or handle.get("launcher") or "local")
+
+
 class Launcher(ABC):
     """Starts trial attempts and watches them through JSON handles that outlive the flow."""
+
+    #: What :func:`handle_kind` says of this launcher's handles.
+    kind: ClassVar[str]
 
     @abstractmethod
     def launch(self, request: LaunchRequest) -> dict[str, Any]:

@@ -10,7 +10,12 @@ A Dask task cannot be cancelled once it runs, so a stop is cooperative: the flow
 trial's MLflow run and the task, which looks every half second, kills its command. Futures live
 in the flow's process: after a flow restart the tasks of the old flow are unknown, so their
 trials count as vanished and run again (with a local cluster, the cluster went down with the
-flow anyway). Ray would be the same pattern around prefect-ray's ``RayTaskRunner``; it is not
+flow anyway).
+
+GPU trials ask the scheduler for ``gpus_per_trial`` units of the worker resource
+``dask.gpu_resource`` and keep the ``CUDA_VISIBLE_DEVICES`` of the worker they land on (one worker
+per device, as dask-cuda starts them); ``concurrency_limit`` adds the Prefect quota shared with
+other experiments. Ray would be the same pattern around prefect-ray's ``RayTaskRunner``; it is not
 built, nor a dependency.
 """
 
@@ -22,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dask import annotate as dask_annotate
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
@@ -32,6 +38,7 @@ from prefect_hpo.launchers.base import Launcher, LaunchRequest, PollResult, Tria
 from prefect_hpo.launchers.mlflow_curves import MlflowCurveReader
 from prefect_hpo.spec import DaskSpec
 from prefect_hpo.storage.tracking import MlflowTracker
+from prefect_hpo.tenancy import tenant_limit
 
 __all__ = ["DaskLauncher", "run_trial"]
 
@@ -60,11 +67,15 @@ def _trial_task() -> Task[..., dict[str, Any]]:
         cwd: str | None,
         timeout_s: float | None,
         mlflow_experiment: str,
+        gpus: int = 0,
+        concurrency_limit: str | None = None,
+        slot_retry_s: float = 2.0,
     ) -> dict[str, Any]:
         """One trial attempt on a Dask worker; fails with the trial's reason."""
         return run_attempt(
-            experiment, index, attempt, command, params, env=env, cwd=cwd, timeout_s=timeout_s,
-            mlflow_experiment=mlflow_experiment, watch_stop=True,
+            experiment, index, attempt, command, params, env=env, cwd=cwd, timeout_s=timeout_s, gpus=gpus,
+            concurrency_limit=concurrency_limit, mlflow_experiment=mlflow_experiment, watch_stop=True,
+            slot_retry_s=slot_retry_s,
         )
 
     return task(name="run_trial", task_run_name="trial-{index}-attempt-{attempt}", cache_policy=NO_CACHE,
@@ -88,7 +99,13 @@ def _outside_task_run(submit: Callable[[], Any]) -> Any:
 
 
 class DaskLauncher(Launcher):
-    def __init__(self, dask: DaskSpec, tracker: MlflowTracker, metric_names: Sequence[str] = ()) -> None:
+    """Submits attempts as ``run_trial`` tasks to a DaskTaskRunner; see the module docstring."""
+
+    kind = KIND
+
+    def __init__(
+        self, dask: DaskSpec, tracker: MlflowTracker, metric_names: Sequence[str] = (), *, tenant: str | None = None
+    ) -> None:
         try:
             from prefect_dask import DaskTaskRunner
         except ImportError:
@@ -96,14 +113,20 @@ class DaskLauncher(Launcher):
         if dask.address:
             self.runner = DaskTaskRunner(address=dask.address)
         else:
-            self.runner = DaskTaskRunner(
-                cluster_kwargs={"n_workers": dask.n_workers, "threads_per_worker": dask.threads_per_worker, "processes": True}
-            )
+            cluster = {"n_workers": dask.n_workers, "threads_per_worker": dask.threads_per_worker, "processes": True}
+            if dask.worker_resources:
+                cluster["resources"] = dict(dask.worker_resources)
+            self.runner = DaskTaskRunner(cluster_kwargs=cluster)
+        self.dask = dask
+        self.concurrency_limit = dask.concurrency_limit
+        if tenant is not None:
+            self.concurrency_limit = tenant_limit(tenant, dask.concurrency_limit, "trial.dask.concurrency_limit")
         self.kill_wait_s = dask.kill_wait_s
         self.tracker = tracker
         self.curves = MlflowCurveReader(tracker, metric_names)
         self._futures: dict[str, Any] = {}
         self._final: dict[str, PollResult] = {}
+        self._gpu_checked = False
         self.runner.__enter__()  # the cluster (or the connection) lives as long as the launcher
 
     def close(self) -> None:
@@ -115,13 +138,37 @@ class DaskLauncher(Launcher):
             "experiment": request.experiment, "index": request.index, "attempt": request.attempt,
             "command": request.command, "params": request.params, "env": env,
             "cwd": str(request.cwd) if request.cwd else None, "timeout_s": request.timeout_s,
-            "mlflow_experiment": self.tracker.experiment_name,
+            "mlflow_experiment": self.tracker.experiment_name, "gpus": request.gpus_per_trial,
+            "concurrency_limit": self.concurrency_limit, "slot_retry_s": self.dask.slot_retry_s,
         }
-        future = _outside_task_run(lambda: self.runner.submit(run_trial, parameters=parameters))
+        resource = self.dask.gpu_resource
+        # a GPU trial only lands on a worker that declared the devices (dask.annotate reaches the
+        # scheduler through the submit below)
+        needs = {"resources": {resource: request.gpus_per_trial}} if resource and request.gpus_per_trial > 0 else {}
+        if needs and not self._gpu_checked:
+            self._gpu_checked = True
+            self._warn_if_no_worker_has(resource, request.gpus_per_trial)  # type: ignore[arg-type]
+        with dask_annotate(**needs):
+            future = _outside_task_run(lambda: self.runner.submit(run_trial, parameters=parameters))
         key = str(future.task_run_id)
         self._futures[key] = future
         return {"kind": KIND, "task_run_id": key, "run_id": env.get("MLFLOW_RUN_ID"), "index": request.index,
                 "attempt": request.attempt, "started_at": time.time()}
+
+    def _warn_if_no_worker_has(self, resource: str, amount: int) -> None:
+        """A task that asks for a resource no worker has waits forever without a word from
+        Dask; say so once (workers of an adaptive cluster may still join, so no error)."""
+        try:
+            workers = self.runner.client.scheduler_info().get("workers", {}).values()
+            best = max((w.get("resources", {}).get(resource, 0) for w in workers), default=0)
+        except Exception as exc:  # noqa: BLE001 - a check, not a requirement
+            logger.debug("could not read the Dask workers' resources: %s", exc)
+            return
+        if best < amount:
+            logger.warning(
+                "no Dask worker declares %d %r now (most: %s): GPU trials wait until one joins; start workers "
+                "with `--resources %s=%d` or set trial.dask.gpu_resource: null", amount, resource, best, resource, amount,
+            )
 
     def poll(self, handle: dict[str, Any]) -> PollResult:
         key = handle["task_run_id"]

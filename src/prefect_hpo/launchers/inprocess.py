@@ -47,6 +47,8 @@ class _Attempt:
 class InProcessLauncher(Launcher):
     """Runs ``objective(params)`` on a daemon thread per attempt."""
 
+    kind = "inprocess"
+
     def __init__(self, objective: Callable[[dict[str, Any]], Any], objectives: Sequence[str]) -> None:
         self.objective = objective
         self.objectives = list(objectives)

@@ -133,6 +133,8 @@ class LocalProcessLauncher(Launcher):
     holds): every fact needed to find an attempt again is in its handle or its workdir.
     """
 
+    kind = "local"
+
     def __init__(self, gpus: Sequence[str] | None = None, kill_grace_s: float = 5.0, *, inherit_gpus: bool = False) -> None:
         if kill_grace_s < 0:
             raise SpecError(f"kill_grace_s must be >= 0, got {kill_grace_s}")

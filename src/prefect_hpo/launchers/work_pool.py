@@ -60,6 +60,8 @@ def job_variables_for(pool: WorkPoolSpec, gpus_per_trial: int) -> dict[str, Any]
 class WorkPoolLauncher(Launcher):
     """Starts attempts as flow runs of ``pool.deployment``; see the module docstring."""
 
+    kind = KIND
+
     def __init__(
         self, pool: WorkPoolSpec, tracker: MlflowTracker, metric_names: Sequence[str] = (), *, tenant: str | None = None
     ) -> None:
@@ -67,8 +69,7 @@ class WorkPoolLauncher(Launcher):
         self.work_queue = pool.work_queue
         self.concurrency_limit = pool.concurrency_limit
         if tenant is not None:  # the tenant's queue, and its GPU limit unless another of its own is named
-            self.work_queue, limit = check_work_pool_names(tenant, pool.work_queue, pool.concurrency_limit)
-            self.concurrency_limit = limit or f"gpu-{tenant}"
+            self.work_queue, self.concurrency_limit = check_work_pool_names(tenant, pool.work_queue, pool.concurrency_limit)
         self.tracker = tracker
         self.curves = MlflowCurveReader(tracker, metric_names)
         self._final: dict[str, PollResult] = {}
