@@ -11,8 +11,8 @@ collected the result.
   worker's pick-up plus the flow-run process start; command end -> result in the flow is the flow
   run's completion plus the HPO flow's poll (poll interval 0.5 s).
 * throughput: 8 trials of 5 s, 4 at a time; ideal wall time 10 s.
-* GPU hand-off: 6 trials of 3 s, 1 "GPU" each, 4 at a time, sharing a concurrency limit of 2:
-  ideal 9 s; reported is how long a freed slot stays idle before the next trial's command starts,
+* GPU hand-off: 6 trials of 8 s, 1 "GPU" each, 4 at a time, sharing a concurrency limit of 2:
+  ideal 24 s; reported is how long a freed slot stays idle before the next trial's command starts,
   split by whether that trial's flow run was already running (waiting for the slot, so the gap is
   the limit's hand-off, bounded by ``slot_retry_s`` = 2 s) or still starting up.
 
@@ -210,13 +210,13 @@ def main() -> int:
         span = max(r["end"] for r in throughput["rows"]) - min(r["start"] for r in throughput["rows"])
         print(f"| 8 trials of 5 s, 4 at a time: first start -> last end (ideal 10 s) | {span:.1f} s |")
         print(f"| same, whole `prefect-hpo run` wall time | {throughput['wall']:.1f} s ({60 * 8 / throughput['wall']:.1f} trials/min) |")
-        gpu = run_experiment(env, scratch, "handoff", trials=6, parallel=4, seconds=3.0, gpus=1, limit="gpu-bench")
+        gpu = run_experiment(env, scratch, "handoff", trials=6, parallel=4, seconds=8.0, gpus=1, limit="gpu-bench")
         gaps = handoff_gaps(gpu["rows"], slots=2)
         running_since = {i: p["running"] for i, p in flow_run_phases("handoff").items()}
         waiting = [gap for gap, index, freed_at in gaps if running_since[index] < freed_at]
         starting = [gap for gap, index, freed_at in gaps if running_since[index] >= freed_at]
         span = max(r["end"] for r in gpu["rows"]) - min(r["start"] for r in gpu["rows"])
-        print(f"| 6 trials of 3 s sharing a limit of 2 GPUs: first start -> last end (ideal 9 s) | {span:.1f} s |")
+        print(f"| 6 trials of 8 s, 4 at a time, sharing a limit of 2 GPUs: first start -> last end (ideal 24 s) | {span:.1f} s |")
         print(f"| GPU slot idle until a trial already waiting for it starts ({len(waiting)} hand-offs) | {_ms(waiting)} |")
         print(f"| GPU slot idle until a trial whose flow run was still starting starts ({len(starting)}) | {_ms(starting)} |")
     finally:
