@@ -254,6 +254,14 @@ def test_several_objectives_are_refused():
         Experiment("mo", ONE_CHOICE, objectives={"a": "minimize", "b": "maximize"}, algorithm="bandit")
 
 
+def test_outcome_constraints_are_refused_not_ignored():
+    with pytest.raises(SpecError, match=r"'bandit': does not model outcome constraints.*latency <= 20"):
+        Experiment("oc", ONE_CHOICE, algorithm="bandit", outcome_constraints=["latency <= 20"])
+    with pytest.raises(SpecError, match=r"'auto': does not model outcome constraints"):  # auto with arms given
+        Experiment("oc", ONE_CHOICE, algorithm="auto", algorithm_options={"candidates": [{"arm": ARMS[0]}]},
+                   outcome_constraints=["latency <= 20"])
+
+
 # ---- auto -----------------------------------------------------------------------------------------
 
 

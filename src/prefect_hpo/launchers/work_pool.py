@@ -21,17 +21,14 @@ on resume, not a second one.
 from __future__ import annotations
 
 import logging
-import random
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
-from prefect.exceptions import PrefectHTTPStatusError
-from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 from prefect.states import Cancelling
 
 from prefect_hpo.launchers.base import Launcher, LaunchRequest, PollResult, TrialState
@@ -45,36 +42,10 @@ __all__ = ["WorkPoolLauncher", "job_variables_for"]
 logger = logging.getLogger(__name__)
 
 KIND = "work_pool"
-T = TypeVar("T")
-#: Answers that mean "the server is busy, ask again" (a locked SQLite database, rate limits).
-_BUSY = {429, 503}
-_BUSY_RETRY_FOR_S = 10.0
 _FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 #: Environment variables that describe the HPO flow's own machine and must not travel to a trial
 #: that may run in a container: PATH points at the flow's virtualenv.
 _LOCAL_ONLY_ENV = ("PATH",)
-
-
-def _with_quick_busy_retries(call: Callable[[], T]) -> T:
-    """``call()`` (Prefect API requests), retried every few hundred ms while the server is busy.
-
-    A Prefect server on SQLite answers "503, retry after 2 s" whenever its database is locked,
-    which in a running HPO flow is most of the time a launch coincides with the flow's own task
-    events being written: every launch then took over 2 s (measured, benchmarks/README.md). The
-    lock is held for milliseconds, so the client's own retries are switched off here and the
-    request is repeated sooner; after ``_BUSY_RETRY_FOR_S`` the client's normal retries take over.
-    A Postgres-backed server rarely answers 503 at all.
-    """
-    deadline = time.monotonic() + _BUSY_RETRY_FOR_S
-    while time.monotonic() < deadline:
-        try:
-            with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
-                return call()
-        except PrefectHTTPStatusError as exc:
-            if exc.response.status_code not in _BUSY:
-                raise
-        time.sleep(random.uniform(0.1, 0.3))
-    return call()
 
 
 def job_variables_for(pool: WorkPoolSpec, gpus_per_trial: int) -> dict[str, Any]:
@@ -121,8 +92,11 @@ class WorkPoolLauncher(Launcher):
             "slot_retry_s": self.pool.slot_retry_s,
             "mlflow_experiment": self.tracker.experiment_name,
         }
-        def start() -> FlowRun:
-            return run_deployment(  # type: ignore[return-value]
+        try:
+            # On a Prefect server backed by SQLite this call often meets a 503 (the database is
+            # locked by another writer) and the client waits its fixed 2 s before asking again:
+            # most of a launch's time there (benchmarks/README.md); Postgres has no such wait.
+            flow_run: FlowRun = run_deployment(  # type: ignore[assignment]
                 name=self.pool.deployment,
                 parameters=parameters,
                 job_variables=job_variables or None,
@@ -134,9 +108,6 @@ class WorkPoolLauncher(Launcher):
                 idempotency_key=f"prefect-hpo:{request.experiment}:{request.index}:{request.attempt}:{env.get('MLFLOW_RUN_ID', '')}",
                 tags=["prefect-hpo", f"prefect-hpo:{request.experiment}"],
             )
-
-        try:
-            flow_run = _with_quick_busy_retries(start)
         except Exception as exc:  # noqa: BLE001 - an unknown deployment, a refused job variable, ...
             raise OSError(f"deployment {self.pool.deployment!r}: {type(exc).__name__}: {exc}") from exc
         return {

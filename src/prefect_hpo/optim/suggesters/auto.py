@@ -73,8 +73,10 @@ class AutoSuggester(Suggester):
         self.bandit: BanditSuggester | None = None
         if candidates is not None or use_bandit(encoder):
             self.bandit = BanditSuggester(encoder, seed=seed, candidates=candidates)
-        # an instance attribute: the experiment checks it to refuse what cannot be optimized
+        # instance attributes: the experiment checks them to refuse what cannot be optimized
+        # (given candidates are arms of the bandit, which sees one objective and no constraints)
         self.multi_objective = candidates is None  # type: ignore[misc]
+        self.outcome_constraints = candidates is None  # type: ignore[misc]
 
     @property
     def step_name(self) -> str:

@@ -97,6 +97,8 @@ class BanditSuggester(Suggester):
 
     name = "bandit"
     multi_objective = False
+    #: Arms are scored on the objective alone; a constraint would be silently ignored.
+    outcome_constraints = False
 
     def __init__(
         self,
