@@ -125,9 +125,8 @@ class LocalProcessLauncher(Launcher):
 
     ``gpus``: the device ids trials may use (None: detect them, see
     :func:`~prefect_hpo.launchers.gpus.detect_gpus`). ``kill_grace_s``: how long a killed trial
-    gets between SIGTERM and SIGKILL. ``inherit_gpus``: the infrastructure already gave this
-    process its GPUs (a pod's ``nvidia.com/gpu``, a container's ``--gpus``, a worker pinned to
-    devices), so trials keep the ``CUDA_VISIBLE_DEVICES`` they inherit instead of being handed ids.
+    gets between SIGTERM and SIGKILL. ``inherit_gpus``: the infrastructure (a pod, a container, a
+    pinned worker) chose this process's GPUs; trials keep the ``CUDA_VISIBLE_DEVICES`` they inherit.
 
     The launcher object only caches (log offsets, Popen objects to reap children, which GPUs it
     holds): every fact needed to find an attempt again is in its handle or its workdir.
