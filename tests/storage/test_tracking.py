@@ -20,7 +20,8 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from prefect_hpo.errors import StorageError
-from prefect_hpo.storage.tracking import MlflowTracker, TrialRecord, resolve_tracking_uri
+from prefect_hpo.storage.tracking import MlflowTracker, TrialRecord
+from prefect_hpo.storage.tracking_uri import resolve_tracking_uri
 from prefect_hpo.trial import Report
 
 SPEC = {

@@ -21,24 +21,18 @@ whole per-trial orchestration budget is 150 ms and every MLflow call on SQLite c
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import math
 import os
-import posixpath
 import re
 import shutil
-import sqlite3
 import tempfile
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
 from mlflow.exceptions import MlflowException
@@ -46,6 +40,8 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from prefect_hpo.errors import StorageError
+from prefect_hpo.storage.mlflow_values import clean_name, compact_json, from_store, now_ms, same_value, truncate
+from prefect_hpo.storage.tracking_uri import prepare_sqlite_file, resolve_tracking_uri, sqlite_path
 from prefect_hpo.trial import Report
 
 try:  # MLflow's SQL stores let SQLAlchemy errors escape unwrapped (e.g. "unable to open database file").
@@ -53,7 +49,7 @@ try:  # MLflow's SQL stores let SQLAlchemy errors escape unwrapped (e.g. "unable
 except ImportError:  # pragma: no cover - mlflow-skinny without SQLAlchemy: no SQL store either
     SQLAlchemyError = MlflowException  # type: ignore[misc,assignment]
 
-__all__ = ["MlflowTracker", "TrialRecord", "resolve_tracking_uri"]
+__all__ = ["MlflowTracker", "TrialRecord"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,89 +95,6 @@ _FROM_MLFLOW_STATUS = {
     "FAILED": "failed",
     "KILLED": "abandoned",
 }
-_BAD_NAME_CHARS = re.compile(r"[^/\w.\- :]")
-
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    """uri, else $MLFLOW_TRACKING_URI, else ``sqlite:///<cwd>/mlflow.db``, with local paths absolute.
-
-    Trials run in other folders and receive this URI in MLFLOW_TRACKING_URI, so a relative
-    ``sqlite:///mlflow.db`` would silently give each of them a database of its own.
-    """
-    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
-    if not chosen.strip():
-        return "sqlite:///" + str(Path.cwd() / "mlflow.db")
-    chosen = chosen.strip()
-    if chosen.startswith("sqlite:///"):
-        path, sep, query = chosen[len("sqlite:///"):].partition("?")
-        if path and not path.startswith("/") and path != ":memory:":
-            path = str(Path(unquote(path)).absolute())
-        return "sqlite:///" + path + sep + query
-    if chosen.startswith("file:") or "://" in chosen:
-        return chosen
-    # A plain path is MLflow's file store; make it absolute for the same reason.
-    return Path(chosen).absolute().as_uri()
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (None for other backends and in-memory DBs)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = unquote(uri[len("sqlite:///"):].partition("?")[0])
-    if not path or path == ":memory:":
-        return None
-    return Path(path)
-
-
-def _json_default(obj: Any) -> Any:
-    """numpy/torch scalars (anything with ``.item()``) become plain numbers; the rest a string."""
-    item = getattr(obj, "item", None)
-    if callable(item):
-        try:
-            return item()
-        except (TypeError, ValueError):
-            pass
-    return str(obj)
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, default=_json_default, allow_nan=True, separators=(",", ":"))
-
-
-def _truncate(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    return text[: limit - 15] + "...[truncated]"
-
-
-@functools.lru_cache(maxsize=4096)
-def _clean_name(name: str) -> str:
-    """A metric/param key MLflow accepts; a trial's odd metric name must not fail its whole batch."""
-    cleaned = _BAD_NAME_CHARS.sub("_", str(name))[:250] or "_"
-    norm = posixpath.normpath(cleaned)
-    if norm != cleaned or norm == "." or norm.startswith(("..", "/")):  # MLflow's path_not_unique
-        cleaned = cleaned.replace("/", "_").replace("..", "__")
-        if cleaned == ".":
-            cleaned = "_"
-    return cleaned
-
-
-def _same_value(a: float, b: float) -> bool:
-    return a == b or (math.isnan(a) and math.isnan(b))
-
-
-def _from_store(value: float) -> float:
-    """Undo SQL stores' spelling of infinity as the largest double (see ``log_reports``)."""
-    if abs(value) >= _LARGEST_DOUBLE:
-        return math.copysign(math.inf, value)
-    return float(value)
-
-
-_LARGEST_DOUBLE = 1.7976931348623157e308
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)
@@ -217,9 +130,9 @@ class MlflowTracker:
         self._lock = threading.Lock()
         self._max_step: dict[str, int] = {}
         self._last_value: dict[str, dict[str, float]] = {}
-        db_path = _sqlite_path(self.tracking_uri)
+        db_path = sqlite_path(self.tracking_uri)
         if db_path is not None:
-            self._check_sqlite_file(db_path, wal=sqlite_wal)
+            prepare_sqlite_file(self.tracking_uri, db_path, wal=sqlite_wal)
             if artifact_location is None:
                 # MLflow's default for SQLite is ./mlruns under whichever process first opened the
                 # database; beside the database file, artifacts stay put whoever runs the flow.
@@ -271,8 +184,8 @@ class MlflowTracker:
             run = self._client.create_run(self.experiment_id, tags=tags, run_name=self.experiment_name)
             run_id = run.info.run_id
             self._log_batch(run_id, params=self._params(params))
-            self._client.log_dict(run_id, json.loads(_dumps(dict(spec))), "spec.json")
-            self._client.log_dict(run_id, json.loads(_dumps(list(space))), "search_space.json")
+            self._client.log_dict(run_id, json.loads(compact_json(dict(spec))), "spec.json")
+            self._client.log_dict(run_id, json.loads(compact_json(list(space))), "search_space.json")
         return run_id
 
     def load_spec(self, parent_run_id: str) -> dict[str, Any]:
@@ -294,12 +207,12 @@ class MlflowTracker:
         optimization curve (best value against trials so far).
         """
         step = int(sum(counts.values()))
-        ts = _now_ms()
-        metrics = [Metric(_clean_name(f"trials/{k}"), float(v), ts, step) for k, v in counts.items()]
-        metrics += [Metric(_clean_name(f"best/{k}"), float(v), ts, step) for k, v in (best_values or {}).items()]
+        ts = now_ms()
+        metrics = [Metric(clean_name(f"trials/{k}"), float(v), ts, step) for k, v in counts.items()]
+        metrics += [Metric(clean_name(f"best/{k}"), float(v), ts, step) for k, v in (best_values or {}).items()]
         if hypervolume is not None:  # several objectives: the progress measure of the front
             metrics.append(Metric("hypervolume", float(hypervolume), ts, step))
-        tags = [RunTag(BEST_PARAMS_TAG, _truncate(_dumps(best_params), _MAX_TAG_VALUE))] if best_params is not None else []
+        tags = [RunTag(BEST_PARAMS_TAG, truncate(compact_json(best_params), _MAX_TAG_VALUE))] if best_params is not None else []
         with self._errors("log the experiment summary"):
             self._log_batch(parent_run_id, metrics=metrics, tags=tags)
 
@@ -339,14 +252,14 @@ class MlflowTracker:
                         tags=[RunTag(STATUS_TAG, "running"), RunTag(ATTEMPT_TAG, str(attempt)), RunTag(REASON_TAG, "")],
                     )
                 return existing
-        params_json = _dumps(params)
+        params_json = compact_json(params)
         too_long = len(params_json) > _MAX_TAG_VALUE
         tags = {
             PARENT_TAG: parent_run_id,
             ROLE_TAG: "trial",
             INDEX_TAG: str(index),
             PARAMS_TAG: _ARTIFACT_MARKER + _PARAMS_ARTIFACT if too_long else params_json,
-            SUGGESTER_TAG: _truncate(str(suggester), _MAX_TAG_VALUE),
+            SUGGESTER_TAG: truncate(str(suggester), _MAX_TAG_VALUE),
             STATUS_TAG: "running",
             ATTEMPT_TAG: str(attempt),
         }
@@ -366,7 +279,7 @@ class MlflowTracker:
         """
         if not reports:
             return
-        ts = _now_ms()
+        ts = now_ms()
         metrics: list[Metric] = []
         with self._lock:
             step_max = self._max_step.get(run_id, -1)
@@ -375,7 +288,7 @@ class MlflowTracker:
                 step = step_max + 1 if report.step is None else int(report.step)
                 step_max = max(step_max, step)
                 for name, value in report.metrics.items():
-                    key = _clean_name(name)
+                    key = clean_name(name)
                     metrics.append(Metric(key, float(value), ts, step))
                     last[key] = float(value)
             self._max_step[run_id] = step_max
@@ -409,10 +322,10 @@ class MlflowTracker:
         tags = [
             RunTag(STATUS_TAG, status),
             RunTag(ATTEMPT_TAG, str(attempt)),
-            RunTag(REASON_TAG, _truncate(failure_reason or "", _MAX_TAG_VALUE)),
+            RunTag(REASON_TAG, truncate(failure_reason or "", _MAX_TAG_VALUE)),
         ]
         if stopped_by:
-            tags.append(RunTag(STOPPED_BY_TAG, _truncate(stopped_by, _MAX_TAG_VALUE)))
+            tags.append(RunTag(STOPPED_BY_TAG, truncate(stopped_by, _MAX_TAG_VALUE)))
         if feasible is not None:  # outcome constraints: kept or broken
             tags.append(RunTag(FEASIBLE_TAG, str(feasible).lower()))
         metrics: list[Metric] = []
@@ -420,11 +333,11 @@ class MlflowTracker:
             step_max = self._max_step.pop(run_id, -1)
             last = self._last_value.pop(run_id, {})
         if values is not None:
-            tags.append(RunTag(VALUES_TAG, _truncate(_dumps(values), _MAX_TAG_VALUE)))
-            ts = _now_ms()
+            tags.append(RunTag(VALUES_TAG, truncate(compact_json(values), _MAX_TAG_VALUE)))
+            ts = now_ms()
             for name, value in values.items():
-                key = _clean_name(name)
-                if key not in last or not _same_value(last[key], float(value)):
+                key = clean_name(name)
+                if key not in last or not same_value(last[key], float(value)):
                     metrics.append(Metric(key, float(value), ts, step_max + 1))
         with self._errors("finish the trial run"):
             self._log_batch(run_id, metrics=metrics, tags=tags)
@@ -440,7 +353,7 @@ class MlflowTracker:
         if attempt is not None:
             tags.append(RunTag(ATTEMPT_TAG, str(attempt)))
         if reason is not None:
-            tags.append(RunTag(REASON_TAG, _truncate(reason, _MAX_TAG_VALUE)))
+            tags.append(RunTag(REASON_TAG, truncate(reason, _MAX_TAG_VALUE)))
         with self._errors(f"mark a trial {status}"):
             self._log_batch(run_id, tags=tags)
             if status == "running":
@@ -481,44 +394,6 @@ class MlflowTracker:
         except (MlflowException, SQLAlchemyError, OSError) as exc:
             raise StorageError(f"MLflow at {self.tracking_uri}: could not {operation}: {exc}") from exc
 
-    def _check_sqlite_file(self, db_path: Path, *, wal: bool) -> None:
-        """Fail fast on a database MLflow could not open (it retries with backoff for ~100 s), and
-        switch it to WAL: a commit then costs one fsync instead of several (a trial's lifecycle went
-        from ~165 ms to ~55 ms on a loaded disk here) and readers stop blocking the writer, which
-        matters with trials logging from their own processes. WAL is stored in the database file,
-        so every later connection (MLflow UI, trials) uses it; it needs all of them on one host.
-
-        The file is only ever touched through sqlite3: closing any other descriptor of it would drop
-        the POSIX locks of this process's MLflow connections (and did corrupt them in testing).
-        """
-        try:
-            db_path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(
-                f"MLflow at {self.tracking_uri}: cannot create the folder of the SQLite database {db_path}: {exc}"
-            ) from exc
-        try:
-            con = sqlite3.connect(db_path, timeout=20)
-        except sqlite3.Error as exc:
-            raise StorageError(f"MLflow at {self.tracking_uri}: cannot open the SQLite database {db_path}: {exc}") from exc
-        try:
-            try:
-                mode = con.execute("PRAGMA journal_mode").fetchone()[0]  # reads the header: fails on junk
-            except sqlite3.Error as exc:
-                raise StorageError(
-                    f"MLflow at {self.tracking_uri}: {db_path} is not a usable SQLite database: {exc}"
-                ) from exc
-            if wal and mode.lower() != "wal":
-                try:
-                    mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                except sqlite3.OperationalError as exc:  # locked, read-only...: WAL is an optimization only
-                    logger.warning("could not switch SQLite database %s to WAL: %s", db_path, exc)
-                else:
-                    if mode.lower() != "wal":
-                        logger.warning("SQLite database %s stays in %s journal mode (WAL refused)", db_path, mode)
-        finally:
-            con.close()
-
     def _get_or_create_experiment(self, artifact_location: str | None) -> str:
         name = self.experiment_name
         with self._errors(f"get or create the MLflow experiment {name!r}"):
@@ -541,7 +416,7 @@ class MlflowTracker:
         return str(experiment.experiment_id)
 
     def _params(self, params: Mapping[str, Any]) -> list[Param]:
-        return [Param(_clean_name(k), _truncate(str(v), _MAX_PARAM_VALUE)) for k, v in params.items()]
+        return [Param(clean_name(k), truncate(str(v), _MAX_PARAM_VALUE)) for k, v in params.items()]
 
     def _log_batch(
         self, run_id: str, *, metrics: Sequence[Metric] = (), params: Sequence[Param] = (), tags: Sequence[RunTag] = ()
@@ -558,7 +433,7 @@ class MlflowTracker:
     def request_stop(self, run_id: str, reason: str) -> None:
         """Ask a trial that runs elsewhere (a Dask task) to stop: it watches this tag."""
         with self._errors("request a trial stop"):
-            self._client.set_tag(run_id, STOP_REQUEST_TAG, _truncate(reason, _MAX_TAG_VALUE))
+            self._client.set_tag(run_id, STOP_REQUEST_TAG, truncate(reason, _MAX_TAG_VALUE))
 
     def stop_requested(self, run_id: str) -> str | None:
         """The reason of a pending stop request for this run, if any (None when unreachable)."""
@@ -580,7 +455,7 @@ class MlflowTracker:
         is updated; an empty dict replays everything. ``names`` are the metric names the caller
         knows (objectives, constrained metrics): their MLflow-safe spelling is mapped back.
         """
-        original = {_clean_name(n): n for n in names}
+        original = {clean_name(n): n for n in names}
         points: dict[int, dict[str, float]] = {}
         with self._errors("read a trial's metrics"):
             keys = sorted(self._client.get_run(run_id).data.metrics)
@@ -588,7 +463,7 @@ class MlflowTracker:
                 history = self._client.get_metric_history(run_id, key)
                 history = sorted(history, key=lambda m: (m.step, m.timestamp))
                 for metric in history[seen.get(key, 0):]:
-                    points.setdefault(int(metric.step), {})[original.get(key, key)] = _from_store(metric.value)
+                    points.setdefault(int(metric.step), {})[original.get(key, key)] = from_store(metric.value)
                 seen[key] = len(history)
                 if history:  # as if logged here: finish_trial_run then adds no duplicate final value
                     with self._lock:
