@@ -27,8 +27,6 @@ import datetime as dt
 import json
 import os
 import shlex
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "flows"))
 from provenance import REPO_ROOT, git_revision, isolate_environment  # noqa: E402
-
-BIN = Path(sys.executable).parent
+from serverkit import BIN, prefect_cli, running_server, start_worker, stop_worker  # noqa: E402  (the tests' server kit)
 TRIAL = """
 import os, time
 from prefect_hpo.trial import get_params, report
@@ -52,29 +50,6 @@ time.sleep(float(os.environ["TRIAL_SECONDS"]))
 mark("end")
 report(loss=p["x"])
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _stop(proc: subprocess.Popen, signals: list[int]) -> None:
-    for sig in signals:
-        if proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            continue
-    if proc.poll() is None:
-        proc.kill()
-
-
-def _prefect(env: dict[str, str], *args: str) -> None:
-    subprocess.run([str(BIN / "prefect"), *args], cwd=REPO_ROOT, env=env, check=True, capture_output=True, text=True)
 
 
 def run_experiment(env: dict[str, str], scratch: Path, name: str, trials: int, parallel: int, seconds: float,
@@ -169,61 +144,54 @@ def main() -> int:
     isolate_environment(scratch)
     (scratch / "trial.py").write_text(TRIAL)
     (scratch / "tmp").mkdir()
-    port = _free_port()
-    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"  # for flow_run_phases, in this process
-    env = {**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "1",
-           "PWD": str(REPO_ROOT), "TMPDIR": str(scratch / "tmp"), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')} | git {git_revision()} | cpus {os.cpu_count()}")
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    worker = None
-    try:
-        for _ in range(90):
-            if subprocess.run([str(BIN / "prefect"), "work-pool", "ls"], env=env, capture_output=True).returncode == 0:
-                break
-            time.sleep(1)
-        _prefect(env, "work-pool", "create", "hpo-process", "--type", "process")
-        _prefect(env, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
-        _prefect(env, "gcl", "create", "gpu-bench", "--limit", "2")
-        with (scratch / "worker.log").open("wb") as log:
-            worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "hpo-process"],
-                                      cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        latency = run_experiment(env, scratch, "latency", trials=6, parallel=1, seconds=0.0)
-        rows = latency["rows"]
-        print("\n| measure | result |\n|---|---|")
-        print(f"| launch -> trial command starts (6 trials, 1 at a time) | {_ms([r['launch_to_start'] for r in rows])} |")
-        print(f"| trial command ends -> result in the HPO flow | {_ms([r['end_to_collected'] for r in rows])} |")
-        print(f"| per trial, end to end (wall / trials) | {latency['wall'] / len(rows):.1f} s (flow start included) |")
-        phases = flow_run_phases("latency")
-        starts = {r["index"]: r["start"] for r in rows}
-        launched = {r["index"]: r["start"] - r["launch_to_start"] for r in rows}
-        create = [p["created"] - launched[i] for i, p in phases.items()]
-        pickup = [p["pending"] - p["created"] for p in phases.values()]
-        boot = [p["running"] - p["pending"] for p in phases.values()]
-        body = [starts[i] - p["running"] for i, p in phases.items()]
-        print(f"| of which: launch -> flow run created (MLflow run, run_deployment) | {_ms(create)} |")
-        print(f"| of which: flow run created -> taken by the worker (PENDING) | {_ms(pickup)} |")
-        print(f"| of which: PENDING -> RUNNING (new process: imports, flow loaded) | {_ms(boot)} |")
-        print(f"| of which: RUNNING -> trial command starts | {_ms(body)} |")
-        throughput = run_experiment(env, scratch, "throughput", trials=8, parallel=4, seconds=5.0)
-        span = max(r["end"] for r in throughput["rows"]) - min(r["start"] for r in throughput["rows"])
-        print(f"| 8 trials of 5 s, 4 at a time: first start -> last end (ideal 10 s) | {span:.1f} s |")
-        print(f"| same, whole `prefect-hpo run` wall time | {throughput['wall']:.1f} s ({60 * 8 / throughput['wall']:.1f} trials/min) |")
-        gpu = run_experiment(env, scratch, "handoff", trials=6, parallel=4, seconds=8.0, gpus=1, limit="gpu-bench")
-        gaps = handoff_gaps(gpu["rows"], slots=2)
-        running_since = {i: p["running"] for i, p in flow_run_phases("handoff").items()}
-        waiting = [gap for gap, index, freed_at in gaps if running_since[index] < freed_at]
-        starting = [gap for gap, index, freed_at in gaps if running_since[index] >= freed_at]
-        span = max(r["end"] for r in gpu["rows"]) - min(r["start"] for r in gpu["rows"])
-        print(f"| 6 trials of 8 s, 4 at a time, sharing a limit of 2 GPUs: first start -> last end (ideal 24 s) | {span:.1f} s |")
-        print(f"| GPU slot idle until a trial already waiting for it starts ({len(waiting)} hand-offs) | {_ms(waiting)} |")
-        print(f"| GPU slot idle until a trial whose flow run was still starting starts ({len(starting)}) | {_ms(starting)} |")
-    finally:
-        if worker is not None:
-            _stop(worker, [signal.SIGINT, signal.SIGINT, signal.SIGKILL])
-        _stop(server, [signal.SIGINT, signal.SIGTERM])
+    with running_server(scratch) as server_env:
+        os.environ["PREFECT_API_URL"] = server_env["PREFECT_API_URL"]  # for flow_run_phases, in this process
+        env = {**server_env, "PWD": str(REPO_ROOT), "TMPDIR": str(scratch / "tmp")}
+        prefect_cli(env, REPO_ROOT, "work-pool", "create", "hpo-process", "--type", "process")
+        prefect_cli(env, REPO_ROOT, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
+        prefect_cli(env, REPO_ROOT, "gcl", "create", "gpu-bench", "--limit", "2")
+        worker = start_worker(env, REPO_ROOT, "hpo-process", scratch / "worker.log")
+        try:
+            measure(env, scratch)
+        finally:
+            stop_worker(worker)
     return 0
+
+
+def measure(env: dict[str, str], scratch: Path) -> None:
+    """The three experiments against a running server and worker; prints the table."""
+    latency = run_experiment(env, scratch, "latency", trials=6, parallel=1, seconds=0.0)
+    rows = latency["rows"]
+    print("\n| measure | result |\n|---|---|")
+    print(f"| launch -> trial command starts (6 trials, 1 at a time) | {_ms([r['launch_to_start'] for r in rows])} |")
+    print(f"| trial command ends -> result in the HPO flow | {_ms([r['end_to_collected'] for r in rows])} |")
+    print(f"| per trial, end to end (wall / trials) | {latency['wall'] / len(rows):.1f} s (flow start included) |")
+    phases = flow_run_phases("latency")
+    starts = {r["index"]: r["start"] for r in rows}
+    launched = {r["index"]: r["start"] - r["launch_to_start"] for r in rows}
+    create = [p["created"] - launched[i] for i, p in phases.items()]
+    pickup = [p["pending"] - p["created"] for p in phases.values()]
+    boot = [p["running"] - p["pending"] for p in phases.values()]
+    body = [starts[i] - p["running"] for i, p in phases.items()]
+    print(f"| of which: launch -> flow run created (MLflow run, run_deployment) | {_ms(create)} |")
+    print(f"| of which: flow run created -> taken by the worker (PENDING) | {_ms(pickup)} |")
+    print(f"| of which: PENDING -> RUNNING (new process: imports, flow loaded) | {_ms(boot)} |")
+    print(f"| of which: RUNNING -> trial command starts | {_ms(body)} |")
+    throughput = run_experiment(env, scratch, "throughput", trials=8, parallel=4, seconds=5.0)
+    span = max(r["end"] for r in throughput["rows"]) - min(r["start"] for r in throughput["rows"])
+    print(f"| 8 trials of 5 s, 4 at a time: first start -> last end (ideal 10 s) | {span:.1f} s |")
+    print(f"| same, whole `prefect-hpo run` wall time | {throughput['wall']:.1f} s ({60 * 8 / throughput['wall']:.1f} trials/min) |")
+    gpu = run_experiment(env, scratch, "handoff", trials=6, parallel=4, seconds=8.0, gpus=1, limit="gpu-bench")
+    gaps = handoff_gaps(gpu["rows"], slots=2)
+    running_since = {i: p["running"] for i, p in flow_run_phases("handoff").items()}
+    waiting = [gap for gap, index, freed_at in gaps if running_since[index] < freed_at]
+    starting = [gap for gap, index, freed_at in gaps if running_since[index] >= freed_at]
+    span = max(r["end"] for r in gpu["rows"]) - min(r["start"] for r in gpu["rows"])
+    print(f"| 6 trials of 8 s, 4 at a time, sharing a limit of 2 GPUs: first start -> last end (ideal 24 s) | {span:.1f} s |")
+    print(f"| GPU slot idle until a trial already waiting for it starts ({len(waiting)} hand-offs) | {_ms(waiting)} |")
+    print(f"| GPU slot idle until a trial whose flow run was still starting starts ({len(starting)}) | {_ms(starting)} |")
 
 
 if __name__ == "__main__":

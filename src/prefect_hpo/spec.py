@@ -43,7 +43,20 @@ class BudgetSpec(_Strict):
     wall_time_s: float | None = Field(default=None, gt=0, description="stop launching after this many seconds")
 
 
-class WorkPoolSpec(_Strict):
+class _GpuQuota(_Strict):
+    """The cross-experiment GPU quota of trials that run elsewhere (a work pool, Dask)."""
+
+    concurrency_limit: str | None = Field(
+        default=None,
+        description="Prefect global concurrency limit of which each trial holds gpus_per_trial slots while it runs",
+    )
+    slot_retry_s: float = Field(
+        default=2.0, gt=0, le=60,
+        description="longest wait between two tries for slots of concurrency_limit: a freed GPU's hand-off time",
+    )
+
+
+class WorkPoolSpec(_GpuQuota):
     """Run each trial as a flow run of a trial deployment on a Prefect work pool.
 
     The deployment runs the package's trial flow (``prefect_hpo.flows.trial:trial_flow``, see
@@ -57,14 +70,6 @@ class WorkPoolSpec(_Strict):
     gpu_variable: str | None = Field(
         default="gpus", description="job variable that receives gpus_per_trial (only when > 0); null: pass none"
     )
-    concurrency_limit: str | None = Field(
-        default=None,
-        description="Prefect global concurrency limit of which each trial holds gpus_per_trial slots while it runs",
-    )
-    slot_retry_s: float = Field(
-        default=2.0, gt=0, le=60,
-        description="longest wait between two tries for slots of concurrency_limit: a freed GPU's hand-off time",
-    )
     kill_wait_s: float = Field(default=30.0, ge=0, description="how long a stop waits for the flow run to end")
     work_queue: str | None = Field(default=None, description="the pool's work queue; with a tenant, default the tenant's")
 
@@ -77,7 +82,7 @@ class WorkPoolSpec(_Strict):
         return v
 
 
-class DaskSpec(_Strict):
+class DaskSpec(_GpuQuota):
     """Run each trial as a Prefect task on Dask workers (prefect-dask's DaskTaskRunner).
 
     GPUs are Dask worker resources: a GPU trial asks the scheduler for ``gpus_per_trial`` units
@@ -95,11 +100,6 @@ class DaskSpec(_Strict):
     gpu_resource: str | None = Field(
         default="GPU", description="worker resource a GPU trial asks gpus_per_trial of; null: schedule GPU trials anywhere"
     )
-    concurrency_limit: str | None = Field(
-        default=None,
-        description="Prefect global concurrency limit of which each trial holds gpus_per_trial slots while it runs",
-    )
-    slot_retry_s: float = Field(default=2.0, gt=0, le=60, description="longest wait between two tries for slots of concurrency_limit")
     kill_wait_s: float = Field(default=15.0, ge=0, description="how long a stop waits for the task to end")
 
 

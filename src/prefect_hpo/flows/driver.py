@@ -240,10 +240,12 @@ def _check_launcher_kind(runtime: HPORuntime) -> None:
     (a process, a flow run) cannot be watched by the new launcher, and neither dropping them
     (they would run twice) nor waiting blindly is right, so the resume is refused until they end."""
     kind = getattr(runtime.launcher, "kind", None)
+    if kind is None:
+        return
     stranded: dict[str, list[int]] = {}
     for trial in runtime.experiment.trials:
         handle = trial.metadata.get("handle")
-        if not trial.status.in_flight or handle is None or kind is None or handle_kind(handle) == kind:
+        if not trial.status.in_flight or handle is None or handle_kind(handle) == kind:
             continue
         old = handle_kind(handle)
         if old in _DIES_WITH_FLOW:

@@ -35,19 +35,43 @@ from prefect import flow
 
 from prefect_hpo.errors import StorageError, TrialError
 from prefect_hpo.flows.quota import hold_gpu_slots
-from prefect_hpo.launchers.base import LaunchRequest, TrialState
+from prefect_hpo.launchers.base import LaunchRequest, PollResult, TrialState
 from prefect_hpo.launchers.local import LocalProcessLauncher
 
 if TYPE_CHECKING:
     from prefect_hpo.storage.tracking import MlflowTracker
 
-__all__ = ["TRIAL_FLOW_NAME", "run_attempt", "trial_flow"]
+__all__ = ["TRIAL_FLOW_NAME", "attempt_parameters", "run_attempt", "trial_flow"]
 
 logger = logging.getLogger(__name__)
 
 TRIAL_FLOW_NAME = "prefect-hpo-trial"
 #: How often the flow looks at the command's output; a report reaches MLflow within this.
 REPORT_INTERVAL_S = 0.5
+#: Environment variables that describe the HPO flow's own machine and must not travel to a trial
+#: that runs elsewhere: PATH points at the flow's virtualenv.
+_LOCAL_ONLY_ENV = ("PATH",)
+
+
+def attempt_parameters(
+    request: LaunchRequest, *, mlflow_experiment: str, concurrency_limit: str | None, slot_retry_s: float
+) -> dict[str, Any]:
+    """The arguments of :func:`run_attempt` (as the trial flow's or the Dask task's parameters)
+    for one attempt that a remote launcher starts."""
+    return {
+        "experiment": request.experiment,
+        "index": request.index,
+        "attempt": request.attempt,
+        "command": request.command,
+        "params": request.params,
+        "env": {k: v for k, v in request.env.items() if k not in _LOCAL_ONLY_ENV},
+        "cwd": str(request.cwd) if request.cwd else None,
+        "timeout_s": request.timeout_s,
+        "gpus": request.gpus_per_trial,
+        "concurrency_limit": concurrency_limit,
+        "slot_retry_s": slot_retry_s,
+        "mlflow_experiment": mlflow_experiment,
+    }
 
 
 @flow(name=TRIAL_FLOW_NAME, log_prints=False, persist_result=False)
@@ -113,22 +137,23 @@ def run_attempt(
         handle = launcher.launch(request)
         reported = 0
         tracker: MlflowTracker | None = None
-        run_id: str | None = None
+        run_id = ""
+
+        def poll_and_log() -> PollResult:
+            nonlocal reported
+            result = launcher.poll(handle)
+            if result.reports and tracker is not None:
+                tracker.log_reports(run_id, result.reports)
+            reported += len(result.reports)
+            return result
+
         try:
             tracker, run_id = tracker_ready.result()
-            while True:
-                result = launcher.poll(handle)
-                if result.reports and tracker is not None and run_id:
-                    tracker.log_reports(run_id, result.reports)
-                reported += len(result.reports)
-                if result.state is not TrialState.RUNNING:
-                    break
-                stop = tracker.stop_requested(run_id) if watch_stop and tracker is not None and run_id else None
+            while (result := poll_and_log()).state is TrialState.RUNNING:
+                stop = tracker.stop_requested(run_id) if watch_stop and tracker is not None else None
                 if stop:
                     launcher.kill(handle, reason=stop)
-                    result = launcher.poll(handle)
-                    if result.reports and tracker is not None and run_id:
-                        tracker.log_reports(run_id, result.reports)
+                    result = poll_and_log()
                     break
                 launcher.wait_any([handle], REPORT_INTERVAL_S)
         finally:
@@ -136,7 +161,7 @@ def run_attempt(
             # must not leave the trial's processes behind
             launcher.kill(handle, reason="the trial flow run ended")
             log = Path(scratch) / "output.log"
-            if tracker is not None and run_id and log.is_file():
+            if tracker is not None and log.is_file():
                 try:
                     tracker.upload_log(run_id, log, attempt)
                 except StorageError as exc:
@@ -146,16 +171,17 @@ def run_attempt(
     return {"exit_code": result.exit_code, "reports": reported}
 
 
-def _tracker(env: dict[str, str], experiment_name: str) -> tuple[MlflowTracker | None, str | None]:
+def _tracker(env: dict[str, str], experiment_name: str) -> tuple[MlflowTracker | None, str]:
+    """The trial's MLflow run to log to, or ``(None, "")`` when there is none to reach."""
     uri = env.get("MLFLOW_TRACKING_URI") or os.environ.get("MLFLOW_TRACKING_URI")
     run_id = env.get("MLFLOW_RUN_ID")
     if not uri or not run_id:
         logger.warning("no MLflow run for this trial: its reports reach nobody but its log")
-        return None, None
+        return None, ""
     from prefect_hpo.storage.tracking import MlflowTracker  # imported here: run_attempt calls this in a thread
 
     try:
         return MlflowTracker(uri, experiment_name), run_id
     except StorageError as exc:
         logger.warning("MLflow unreachable (%s); the trial runs, its reports are only in its log", exc)
-        return None, None
+        return None, ""

@@ -33,7 +33,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from prefect_hpo.errors import SpecError, StorageError
-from prefect_hpo.flows.trial import run_attempt
+from prefect_hpo.flows.trial import attempt_parameters, run_attempt
 from prefect_hpo.launchers.base import Launcher, LaunchRequest, PollResult, TrialState
 from prefect_hpo.launchers.mlflow_curves import MlflowCurveReader
 from prefect_hpo.spec import DaskSpec
@@ -45,7 +45,6 @@ __all__ = ["DaskLauncher", "run_trial"]
 logger = logging.getLogger(__name__)
 
 KIND = "dask"
-_LOCAL_ONLY_ENV = ("PATH",)
 
 
 def _trial_task() -> Task[..., dict[str, Any]]:
@@ -133,14 +132,10 @@ class DaskLauncher(Launcher):
         self.runner.__exit__(None, None, None)
 
     def launch(self, request: LaunchRequest) -> dict[str, Any]:
-        env = {k: v for k, v in request.env.items() if k not in _LOCAL_ONLY_ENV}
-        parameters = {
-            "experiment": request.experiment, "index": request.index, "attempt": request.attempt,
-            "command": request.command, "params": request.params, "env": env,
-            "cwd": str(request.cwd) if request.cwd else None, "timeout_s": request.timeout_s,
-            "mlflow_experiment": self.tracker.experiment_name, "gpus": request.gpus_per_trial,
-            "concurrency_limit": self.concurrency_limit, "slot_retry_s": self.dask.slot_retry_s,
-        }
+        parameters = attempt_parameters(
+            request, mlflow_experiment=self.tracker.experiment_name, concurrency_limit=self.concurrency_limit,
+            slot_retry_s=self.dask.slot_retry_s,
+        )
         resource = self.dask.gpu_resource
         # a GPU trial only lands on a worker that declared the devices (dask.annotate reaches the
         # scheduler through the submit below)
@@ -152,7 +147,7 @@ class DaskLauncher(Launcher):
             future = _outside_task_run(lambda: self.runner.submit(run_trial, parameters=parameters))
         key = str(future.task_run_id)
         self._futures[key] = future
-        return {"kind": KIND, "task_run_id": key, "run_id": env.get("MLFLOW_RUN_ID"), "index": request.index,
+        return {"kind": KIND, "task_run_id": key, "run_id": request.env.get("MLFLOW_RUN_ID"), "index": request.index,
                 "attempt": request.attempt, "started_at": time.time()}
 
     def _warn_if_no_worker_has(self, resource: str, amount: int) -> None:

@@ -31,6 +31,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 
+from prefect_hpo.flows.trial import attempt_parameters
 from prefect_hpo.launchers.base import Launcher, LaunchRequest, PollResult, TrialState
 from prefect_hpo.launchers.mlflow_curves import MlflowCurveReader
 from prefect_hpo.spec import WorkPoolSpec
@@ -43,9 +44,6 @@ logger = logging.getLogger(__name__)
 
 KIND = "work_pool"
 _FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
-#: Environment variables that describe the HPO flow's own machine and must not travel to a trial
-#: that may run in a container: PATH points at the flow's virtualenv.
-_LOCAL_ONLY_ENV = ("PATH",)
 
 
 def job_variables_for(pool: WorkPoolSpec, gpus_per_trial: int) -> dict[str, Any]:
@@ -76,22 +74,12 @@ class WorkPoolLauncher(Launcher):
 
     # -- the Launcher interface ---------------------------------------------------------------
     def launch(self, request: LaunchRequest) -> dict[str, Any]:
-        env = {k: v for k, v in request.env.items() if k not in _LOCAL_ONLY_ENV}
         job_variables = job_variables_for(self.pool, request.gpus_per_trial)
-        parameters = {
-            "experiment": request.experiment,
-            "index": request.index,
-            "attempt": request.attempt,
-            "command": request.command,
-            "params": request.params,
-            "env": env,
-            "cwd": str(request.cwd) if request.cwd else None,
-            "timeout_s": request.timeout_s,
-            "gpus": request.gpus_per_trial,
-            "concurrency_limit": self.concurrency_limit,
-            "slot_retry_s": self.pool.slot_retry_s,
-            "mlflow_experiment": self.tracker.experiment_name,
-        }
+        parameters = attempt_parameters(
+            request, mlflow_experiment=self.tracker.experiment_name, concurrency_limit=self.concurrency_limit,
+            slot_retry_s=self.pool.slot_retry_s,
+        )
+        run_id = request.env.get("MLFLOW_RUN_ID")
         try:
             # On a Prefect server backed by SQLite this call often meets a 503 (the database is
             # locked by another writer) and the client waits its fixed 2 s before asking again:
@@ -105,7 +93,7 @@ class WorkPoolLauncher(Launcher):
                 as_subflow=False,
                 flow_run_name=f"{request.experiment}-trial-{request.index}-attempt-{request.attempt}",
                 # the same key on a retried request or a resumed flow: never a second flow run
-                idempotency_key=f"prefect-hpo:{request.experiment}:{request.index}:{request.attempt}:{env.get('MLFLOW_RUN_ID', '')}",
+                idempotency_key=f"prefect-hpo:{request.experiment}:{request.index}:{request.attempt}:{run_id or ''}",
                 tags=["prefect-hpo", f"prefect-hpo:{request.experiment}"],
             )
         except Exception as exc:  # noqa: BLE001 - an unknown deployment, a refused job variable, ...
@@ -114,7 +102,7 @@ class WorkPoolLauncher(Launcher):
             "kind": KIND,
             "flow_run_id": str(flow_run.id),
             "deployment": self.pool.deployment,
-            "run_id": env.get("MLFLOW_RUN_ID"),
+            "run_id": run_id,
             "index": request.index,
             "attempt": request.attempt,
             "started_at": time.time(),
