@@ -28,12 +28,12 @@ quickstart: install
 	$(VENV)/bin/prefect-hpo run examples/quickstart.yaml
 
 test: install
-	$(PY) -m pytest -q -m "not e2e"
+	$(PY) -m pytest -q -m "not e2e" --durations=25
 
 # End-to-end suites against `prefect server start` with workers and deployments (minutes each);
 # CI runs them after `make test`.
 test-e2e: install
-	$(PY) -m pytest -q -m e2e
+	$(PY) -m pytest -q -m e2e --durations=15
 
 bench: install
 	$(PY) -m pip install --quiet -e ".[bench]"

@@ -161,9 +161,13 @@ def _timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 # (label, group) in the order they are printed
-PHASES = ["open_runtime", "drive", "finish", "close_runtime", "publish_artifacts"]
+PHASES = ["open_runtime", "run_trials", "finish", "close_runtime", "publish_artifacts"]
 FLOW_PARTS = ["engine:before", *(f"phase:{p}" for p in PHASES), "engine:after"]
-TASKS = ["suggest_trials", "launch_trial", "poll_trials", "report_trials", "decide_stop", "checkpoint"]
+#: the loop's steps (flows/loop.py TrialLoop methods) -> the task they run (None: plain code); a
+#: step runs its task only when it has something to do, and trials' own task runs (``trial``)
+#: span their lives beside the loop
+TASKS = {"poll": None, "report": "report_trials", "decide_stop": "decide_stop", "suggest": "suggest_trials",
+         "launch": "launch_trial", "save": "checkpoint"}
 CALLS = [
     "ExperimentState.to_json",
     "LocalFolderStore.write",
@@ -177,7 +181,7 @@ CALLS = [
     "MlflowTracker._upload_log",
     "MlflowTracker.__init__",
     "MlflowTracker.start_experiment_run",
-    "MlflowTracker.log_experiment_summary",
+    "DashboardWriter.update",
     "MlflowTracker.finish_experiment_run",
 ]
 
@@ -186,17 +190,27 @@ def instrument() -> None:
     """Timers around the flow's phases, every task call (Prefect engine included) and the calls
     inside them. The flow and the driver look these names up at call time, so rebinding the
     module attributes is enough; nothing outside this process changes."""
-    from prefect_hpo.flows import driver, hpo
+    from prefect_hpo.flows import hpo
+    from prefect_hpo.flows.loop import TrialLoop
     from prefect_hpo.launchers.local import LocalProcessLauncher
     from prefect_hpo.storage.checkpoint import LocalFolderStore, S3Store
     from prefect_hpo.storage.state import ExperimentState
     from prefect_hpo.storage.tracking import MlflowTracker
+    from prefect_hpo.storage.tracking_dashboard import DashboardWriter
+
+    from prefect_hpo.flows.artifacts import LiveArtifacts
 
     for name in PHASES:
+        if name == "publish_artifacts":
+            # the flow's last step is LiveArtifacts.publish; the same method also re-publishes
+            # during drive (throttled), and those calls count in both columns
+            LiveArtifacts.publish = _timed("phase:publish_artifacts", LiveArtifacts.__dict__["publish"])  # type: ignore[method-assign]
+            continue
         setattr(hpo, name, _timed(f"phase:{name}", getattr(hpo, name)))
     for name in TASKS:
-        setattr(driver, name, _timed(f"task:{name}", getattr(driver, name)))
-    classes = {c.__name__: c for c in (ExperimentState, LocalFolderStore, S3Store, LocalProcessLauncher, MlflowTracker)}
+        setattr(TrialLoop, name, _timed(f"task:{name}", TrialLoop.__dict__[name]))
+    classes = {c.__name__: c for c in (ExperimentState, LocalFolderStore, S3Store, LocalProcessLauncher, MlflowTracker,
+                                       DashboardWriter)}
     for label in CALLS:
         cls_name, meth = label.split(".")
         cls = classes[cls_name]
@@ -229,20 +243,21 @@ def run_flow(**kwargs: Any) -> tuple[float, Any, dict[str, list[float]]]:
     # events after the flow has returned (several seconds for a 50-trial run here), and a flow run
     # started meanwhile waits that long before its body starts.
     t2 = time.perf_counter()
-    api_task_runs(flow_run_id, sum(len(timings.get(f"task:{t}", [])) for t in TASKS), wait_s=120.0)
+    api_task_runs(flow_run_id, wait_s=120.0)
     timings["server:catch-up"] = [time.perf_counter() - t2]
     time.sleep(SETTLE_S)
     return wall, flow_run_id, timings
 
 
-def api_task_runs(flow_run_id: Any, expected: int, wait_s: float = 20.0) -> list[Any]:
+def api_task_runs(flow_run_id: Any, wait_s: float = 20.0) -> list[Any]:
     """The flow run's task runs as the Prefect server recorded them (events arrive asynchronously,
-    so wait until all ``expected`` are there and final)."""
+    so wait until all are final and no new one arrived for a second)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     deadline = time.monotonic() + wait_s
     runs: list[Any] = []
+    previous = -1
     with get_client(sync_client=True) as client:
         while True:
             runs, offset = [], 0
@@ -255,9 +270,10 @@ def api_task_runs(flow_run_id: Any, expected: int, wait_s: float = 20.0) -> list
                 if len(page) < 200:
                     break
             done = [r for r in runs if r.end_time is not None]
-            if len(done) >= expected or time.monotonic() > deadline:
+            if len(done) == len(runs) == previous or time.monotonic() > deadline:  # final and settled
                 return done
-            time.sleep(0.2)
+            previous = len(runs)
+            time.sleep(1.0)
 
 
 def task_group(task_run: Any) -> str:
@@ -415,7 +431,7 @@ def step_orchestration(args: argparse.Namespace, stores: dict[str, str], trackin
                              "flow_run_id": frid, "timings": timings,
                              "gross": (wall - n * t_proc / par) / n,
                              "marginal": (wall - fixed[kind]) / (n - 1),
-                             "drive": sum(timings.get("phase:drive", [])) / n,
+                             "drive": sum(timings.get("phase:run_trials", [])) / n,
                              "engine": sum(timings.get("engine:before", [])) + sum(timings.get("engine:after", [])),
                              "catch_up": sum(timings.get("server:catch-up", []))})
             reps.sort(key=lambda r: r["wall"])
@@ -434,7 +450,7 @@ def step_orchestration(args: argparse.Namespace, stores: dict[str, str], trackin
           rows, "Orchestration overhead per trial (MLflow on SQLite; trials return at once)")
     print("\noverhead/trial = (flow wall - trials x t_proc / parallel) / trials, fixed cost included;"
           "\nmarginal/trial = (flow wall - fixed cost) / (trials - 1); drive/trial = time in the flow's trial loop"
-          " (driver.drive) / trials;\ntrial span = started_at -> finished_at in the checkpoint (launch to result"
+          " (hpo.run_trials) / trials;\ntrial span = started_at -> finished_at in the checkpoint (launch to result"
           " recorded), of the median run.\nThe sync flow engine joins its heartbeat thread, which sleeps in 1 s steps,"
           " at exit: flow walls are rounded up towards whole seconds,\nso 'marginal' carries up to +-1 s / trials of"
           " noise; 'drive' does not.\nserver catch-up = how long after the flow returned the Prefect server"
@@ -459,25 +475,27 @@ def print_breakdown(run: dict[str, Any]) -> None:
     table(["phase", "total ms", "ms/trial"], rows, f"Phases ({title}, the median of {len(run['reps'])} runs)")
 
     # tasks: client-side (engine included) vs API (task body as Prefect recorded it)
+    api = api_task_runs(run["flow_run_id"])
     expected = sum(len(timings.get(f"task:{t}", [])) for t in TASKS)
-    api = api_task_runs(run["flow_run_id"], expected)
     by_group: dict[str, list[float]] = {}
     for tr in api:
         by_group.setdefault(task_group(tr), []).append(tr.total_run_time.total_seconds())
     rows = []
     tot_client = tot_api = 0.0
-    for t in TASKS:
+    for t, group in TASKS.items():
         xs = timings.get(f"task:{t}", [])
-        ys = by_group.get(t, [])
+        ys = by_group.get(group, []) if group else []
         if not xs:
             continue
         tot_client += sum(xs)
         tot_api += sum(ys)
-        rows.append([t, len(xs), len(ys), ms(sum(xs)), ms(sum(ys)), ms(median(xs)), ms(median(ys)),
+        rows.append([f"{t} ({group or 'no task'})", len(xs), len(ys), ms(sum(xs)), ms(sum(ys)), ms(median(xs)), ms(median(ys)),
                      ms((sum(xs) - sum(ys)) / max(1, len(xs))), ms(sum(xs) / n)])
     rows.append(["all tasks", expected, len(api), ms(tot_client), ms(tot_api), "", "",
                  ms((tot_client - tot_api) / max(1, expected)), ms(tot_client / n)])
-    table(["task", "calls", "API runs", "client total ms", "API total ms", "client ms/call (median)", "API ms/call (median)",
+    spans = by_group.get("trial_span", [])
+    rows.append(["trial spans (one per trial)", "", len(spans), "", ms(sum(spans)), "", ms(median(spans)) if spans else "", "", ""])
+    table(["loop step (its task)", "calls", "API runs", "client total ms", "API total ms", "client ms/call (median)", "API ms/call (median)",
            "engine ms/call (mean)", "client ms/trial"], rows,
           f"Tasks ({title}); client = timer around the task call in the flow (Prefect engine included), "
           "API = task run's total_run_time from the Prefect server; engine = (client - API) / calls")

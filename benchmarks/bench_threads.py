@@ -10,6 +10,7 @@ times, optionally while another process keeps both cores busy with a torch matmu
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -28,7 +29,7 @@ from problems import get_problem
 from prefect_hpo import Experiment
 problem = get_problem("hartmann6")
 exp = Experiment("threads", problem.parameters, {"y": "minimize"}, algorithm="sobol", seed=0)
-for _ in range(59):
+for _ in range(int(sys.argv[4])):
     t = exp.ask(); exp.tell(t.index, {"y": problem.evaluate(t.params)})
 times = []
 for rep in range(int(sys.argv[3])):
@@ -47,7 +48,7 @@ while time.time() < end:
 """
 
 
-def run(threads: int, wait_policy: str, busy: bool, reps: int) -> list[float]:
+def run(threads: int, wait_policy: str, busy: bool, reps: int, observations: int) -> list[float]:
     env = dict(os.environ, PREFECT_HPO_TORCH_THREADS=str(threads))
     # prefect_hpo sets PASSIVE only when the variable is unset, so the spinning policy is
     # reproduced by asking for it explicitly.
@@ -56,7 +57,7 @@ def run(threads: int, wait_policy: str, busy: bool, reps: int) -> list[float]:
     try:
         time.sleep(1.0 if busy else 0.0)
         out = subprocess.run(
-            [sys.executable, "-c", WORKER, str(REPO / "src"), str(REPO / "benchmarks"), str(reps)],
+            [sys.executable, "-c", WORKER, str(REPO / "src"), str(REPO / "benchmarks"), str(reps), str(observations)],
             env=env, capture_output=True, text=True, check=True,
         )
     finally:
@@ -67,13 +68,19 @@ def run(threads: int, wait_policy: str, busy: bool, reps: int) -> list[float]:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=5, help="GP asks timed per configuration (default 5)")
+    ap.add_argument("--observations", type=int, default=59, help="Sobol observations before the GP ask (default 59)")
+    ap.add_argument("--idle-only", action="store_true", help="skip the runs beside a busy neighbour")
+    args = ap.parse_args()
     print("command:", " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
-    print(f"cpus: {os.cpu_count()}; GP ask on Hartmann6 with 59 observations (cold fit), median of 5")
+    print(f"cpus: {os.cpu_count()}; GP ask on Hartmann6 with {args.observations} observations (cold fit), "
+          f"median of {args.reps}")
     print("| torch threads | OMP_WAIT_POLICY | neighbour | median ask ms | max ask ms |")
     print("|---|---|---|---|---|")
-    for busy in (False, True):
+    for busy in (False,) if args.idle_only else (False, True):
         for threads, policy in ((1, "PASSIVE"), (2, "PASSIVE"), (2, "ACTIVE")):
-            times = sorted(run(threads, policy, busy, reps=5))
+            times = sorted(run(threads, policy, busy, reps=args.reps, observations=args.observations))
             print(f"| {threads} | {policy} | {'busy (2-thread matmul)' if busy else 'idle'} | "
                   f"{1000 * times[len(times) // 2]:.0f} | {1000 * times[-1]:.0f} |", flush=True)
 

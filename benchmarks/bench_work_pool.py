@@ -139,7 +139,10 @@ def _ms(values: list[float]) -> str:
 
 
 def main() -> int:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="multiply every experiment's trials and trial seconds (e.g. 0.3 for a smoke run; default 1)")
+    args = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench-work-pool-"))
     isolate_environment(scratch)
     (scratch / "trial.py").write_text(TRIAL)
@@ -154,18 +157,23 @@ def main() -> int:
         prefect_cli(env, REPO_ROOT, "gcl", "create", "gpu-bench", "--limit", "2")
         worker = start_worker(env, REPO_ROOT, "hpo-process", scratch / "worker.log")
         try:
-            measure(env, scratch)
+            measure(env, scratch, args.scale)
         finally:
             stop_worker(worker)
     return 0
 
 
-def measure(env: dict[str, str], scratch: Path) -> None:
-    """The three experiments against a running server and worker; prints the table."""
-    latency = run_experiment(env, scratch, "latency", trials=6, parallel=1, seconds=0.0)
+def measure(env: dict[str, str], scratch: Path, scale: float = 1.0) -> None:
+    """The three experiments against a running server and worker; prints the table. ``scale``
+    shrinks them (trials and seconds) for a quick check that the script still runs."""
+
+    def n(trials: int) -> int:
+        return max(2, round(trials * scale))
+
+    latency = run_experiment(env, scratch, "latency", trials=n(6), parallel=1, seconds=0.0)
     rows = latency["rows"]
     print("\n| measure | result |\n|---|---|")
-    print(f"| launch -> trial command starts (6 trials, 1 at a time) | {_ms([r['launch_to_start'] for r in rows])} |")
+    print(f"| launch -> trial command starts ({len(rows)} trials, 1 at a time) | {_ms([r['launch_to_start'] for r in rows])} |")
     print(f"| trial command ends -> result in the HPO flow | {_ms([r['end_to_collected'] for r in rows])} |")
     print(f"| per trial, end to end (wall / trials) | {latency['wall'] / len(rows):.1f} s (flow start included) |")
     phases = flow_run_phases("latency")
@@ -179,17 +187,20 @@ def measure(env: dict[str, str], scratch: Path) -> None:
     print(f"| of which: flow run created -> taken by the worker (PENDING) | {_ms(pickup)} |")
     print(f"| of which: PENDING -> RUNNING (new process: imports, flow loaded) | {_ms(boot)} |")
     print(f"| of which: RUNNING -> trial command starts | {_ms(body)} |")
-    throughput = run_experiment(env, scratch, "throughput", trials=8, parallel=4, seconds=5.0)
+    throughput = run_experiment(env, scratch, "throughput", trials=n(8), parallel=4, seconds=5.0 * scale)
     span = max(r["end"] for r in throughput["rows"]) - min(r["start"] for r in throughput["rows"])
-    print(f"| 8 trials of 5 s, 4 at a time: first start -> last end (ideal 10 s) | {span:.1f} s |")
-    print(f"| same, whole `prefect-hpo run` wall time | {throughput['wall']:.1f} s ({60 * 8 / throughput['wall']:.1f} trials/min) |")
-    gpu = run_experiment(env, scratch, "handoff", trials=6, parallel=4, seconds=8.0, gpus=1, limit="gpu-bench")
+    tn, ts = n(8), 5.0 * scale
+    print(f"| {tn} trials of {ts:g} s, 4 at a time: first start -> last end (ideal {-(-tn // 4) * ts:g} s) | {span:.1f} s |")
+    print(f"| same, whole `prefect-hpo run` wall time | {throughput['wall']:.1f} s ({60 * tn / throughput['wall']:.1f} trials/min) |")
+    gpu = run_experiment(env, scratch, "handoff", trials=n(6), parallel=4, seconds=8.0 * scale, gpus=1, limit="gpu-bench")
     gaps = handoff_gaps(gpu["rows"], slots=2)
     running_since = {i: p["running"] for i, p in flow_run_phases("handoff").items()}
     waiting = [gap for gap, index, freed_at in gaps if running_since[index] < freed_at]
     starting = [gap for gap, index, freed_at in gaps if running_since[index] >= freed_at]
     span = max(r["end"] for r in gpu["rows"]) - min(r["start"] for r in gpu["rows"])
-    print(f"| 6 trials of 8 s, 4 at a time, sharing a limit of 2 GPUs: first start -> last end (ideal 24 s) | {span:.1f} s |")
+    gn, gs = n(6), 8.0 * scale
+    print(f"| {gn} trials of {gs:g} s, 4 at a time, sharing a limit of 2 GPUs: first start -> last end "
+          f"(ideal {-(-gn // 2) * gs:g} s) | {span:.1f} s |")
     print(f"| GPU slot idle until a trial already waiting for it starts ({len(waiting)} hand-offs) | {_ms(waiting)} |")
     print(f"| GPU slot idle until a trial whose flow run was still starting starts ({len(starting)}) | {_ms(starting)} |")
 

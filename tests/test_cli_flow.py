@@ -228,9 +228,10 @@ def test_status_prints_a_table(finished: Finished) -> None:
     assert result.returncode == 0, str(result)
     lines = result.stdout.splitlines()
     assert lines[0] == f"{NAME}: {BUDGET}/{BUDGET} trials done {BUDGET} completed"
-    assert lines[1].split() == ["#", "status", "step", "x", "opt", "loss", "reason"]
+    assert lines[1].startswith("  wall time: ") and "over 1 flow run " in lines[1]  # the experiment's clock
+    assert lines[2].split() == ["#", "status", "step", "x", "opt", "loss", "reason"]
     exp = finished.state.experiment
-    rows = [line.split() for line in lines[2 : 2 + BUDGET]]
+    rows = [line.split() for line in lines[3 : 3 + BUDGET]]
     for row, trial in zip(rows, exp.trials):
         assert row[0] == str(trial.index) and row[1] == "completed"
         steps = [r["step"] for r in trial.metadata["history"] if r["step"] is not None]
@@ -238,7 +239,7 @@ def test_status_prints_a_table(finished: Finished) -> None:
         assert float(row[3]) == pytest.approx(trial.params["x"], rel=1e-4)
         assert row[4] == trial.params["opt"]
         assert float(row[5]) == pytest.approx(trial.values["loss"], rel=1e-4, abs=1e-9)
-    assert lines[2 + BUDGET] == f"  best: trial {exp.best_trial.index}"
+    assert lines[3 + BUDGET] == f"  best: trial {exp.best_trial.index}"
 
 
 def test_best_prints_the_best_trial(finished: Finished) -> None:

@@ -41,12 +41,15 @@ def test_the_caller_is_the_flag_then_the_environment(monkeypatch: pytest.MonkeyP
         caller_tenant()
 
 
-def test_a_spec_runs_as_its_tenant_or_the_callers() -> None:
+def test_a_spec_runs_as_its_callers_tenant_and_only_its_own_tenant_runs_it() -> None:
     assert resolve_tenant(None, "team-a") == "team-a"
-    assert resolve_tenant("team-a", None) == "team-a"
     assert resolve_tenant("team-a", "team-a") == "team-a"
+    assert resolve_tenant(None, None) is None
     with pytest.raises(TenantError, match="tenant 'team-a' and this caller is tenant 'team-b'"):
         resolve_tenant("team-a", "team-b")
+    # writing `tenant: team-a` into a spec does not make a caller team-a (issue 11)
+    with pytest.raises(TenantError, match=r"tenant 'team-a' and this caller has no tenant.*--tenant team-a"):
+        resolve_tenant("team-a", None)
 
 
 def test_owners_only() -> None:
@@ -63,6 +66,21 @@ def test_owners_only() -> None:
 def test_where_a_tenants_things_live() -> None:
     assert scoped_storage("s3://bucket/hpo/", "team-a") == "s3://bucket/hpo/tenants/team-a"
     assert scoped_storage("file://.prefect-hpo", None) == "file://.prefect-hpo"
+    assert scoped_storage("file://ckpt/tenants", "team-a") == "file://ckpt/tenants/tenants/team-a"  # a folder named so
+
+
+@pytest.mark.parametrize("caller", [None, "team-a", "team-b"])
+@pytest.mark.parametrize("storage", ["file://ckpt/tenants/team-a", "s3://bucket/hpo/tenants/team-a/", "/srv/tenants/team-a"])
+def test_a_storage_inside_a_tenants_part_is_refused_for_every_caller(storage: str, caller: str | None) -> None:
+    # else `--tenant team-b --storage <root>/tenants/team-a` put team-b's experiments inside team-a's folder
+    with pytest.raises(TenantError, match=r"belongs to tenant 'team-a'.*give the store's root"):
+        scoped_storage(storage, caller)
+
+
+@pytest.mark.parametrize("name", ["team-a\n", "team-a\n\n"])
+def test_a_tenant_name_with_a_trailing_newline_is_refused(name: str) -> None:
+    with pytest.raises(SpecError, match="not a valid tenant"):
+        load_spec({**BASE, "tenant": name})
     assert mlflow_experiment_name("e", "team-a") == "team-a/e" and mlflow_experiment_name("e", None) == "e"
 
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
 from prefect_hpo import __version__
 from prefect_hpo.errors import ExperimentNotFoundError, PrefectHPOError
-from prefect_hpo.spec import DEFAULT_STORAGE, ExperimentSpec
+from prefect_hpo.spec import DEFAULT_STORAGE, ExperimentSpec, check_runnable
 from prefect_hpo.tenancy import caller_tenant, check_owner, mlflow_experiment_name, resolve_tenant, scoped_storage
 
 # Offline and quiet by default (no telemetry, no "View run" lines); explicit settings win.
@@ -31,15 +33,30 @@ _QUIET = {
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a program killed by SIGPIPE (128 + 13)
+
+#: Longest error line printed; a message may quote a value of any size (a huge spec, a log).
+MAX_ERROR_CHARS = 2000
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()  # here, so a reader that went away (`| head`) is handled below
+        return code
+    except BrokenPipeError:
+        # the reader closed the pipe (`prefect-hpo status NAME | head`): stop quietly, and point
+        # stdout at /dev/null so the interpreter's final flush does not complain either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except PrefectHPOError as exc:
-        print(f"prefect-hpo: error: {exc}", file=sys.stderr)
+        print(f"prefect-hpo: error: {error_line(exc)}", file=sys.stderr)
+        if not getattr(args, "verbose", False):
+            # the line above is the last word: Prefect's shutdown (its events worker draining)
+            # would otherwise log warnings after it
+            logging.disable(logging.CRITICAL)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(
@@ -48,6 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def error_line(exc: BaseException) -> str:
+    """The error as one line of sane length: newlines folded, the middle of a long one cut."""
+    text = " ".join(str(exc).split("\n"))
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    return f"{text[:MAX_ERROR_CHARS - 200]} ... [{len(text) - MAX_ERROR_CHARS + 100} characters cut] ... {text[-100:]}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,6 +129,7 @@ def _tenant_option(p: argparse.ArgumentParser) -> None:
 # ---- run / resume ------------------------------------------------------------------------------
 def _run(args: argparse.Namespace) -> int:
     spec = ExperimentSpec.from_file(args.spec)
+    check_runnable(spec)  # what `validate` refuses, refused here before anything is written
     return _run_flow(args, spec=spec.to_dict(), name=None, resume=False)
 
 
@@ -115,13 +141,17 @@ def _run_flow(args: argparse.Namespace, *, spec: dict[str, Any] | None, name: st
     for key, value in _QUIET.items():  # before Prefect is imported: it reads them once
         os.environ.setdefault(key, value)
     if not args.verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        # The terminal shows warnings only, while the flow run's INFO lines (one per trial event)
+        # still reach Prefect's API and its Logs tab: the console handler is quieted, not the
+        # loggers (PREFECT_LOGGING_LEVEL=WARNING would silence what goes to the API as well).
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # "Creating initial MLflow database tables..."
         # the temporary server prints cancellation tracebacks when it stops; they are noise
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
     from prefect_hpo.flows.driver import check_access
     from prefect_hpo.flows.hpo import hpo_flow
     from prefect_hpo.flows.progress import add_listener, remove_listener
+    from prefect_hpo.flows.temporary_server import temporary_server
 
     check_access(spec, name=name, storage=args.storage, tenant=args.tenant)
 
@@ -129,7 +159,9 @@ def _run_flow(args: argparse.Namespace, *, spec: dict[str, Any] | None, name: st
     if not args.quiet:
         add_listener(display)
     try:
-        best = hpo_flow(spec=spec, resume=resume, name=name, storage=args.storage, lease_wait_s=args.wait, tenant=args.tenant)
+        # started here, and stopped when this process ends however it ends (kill -9 included)
+        with temporary_server(), _engine_tracebacks_hidden(not args.verbose):
+            best = hpo_flow(spec=spec, resume=resume, name=name, storage=args.storage, lease_wait_s=args.wait, tenant=args.tenant)
     finally:
         remove_listener(display)
         display.close()
@@ -138,6 +170,66 @@ def _run_flow(args: argparse.Namespace, *, spec: dict[str, Any] | None, name: st
     tenant = resolve_tenant((spec or {}).get("tenant"), caller_tenant(args.tenant))
     _print_outcome(exp_name, storage, best, tenant)
     return EXIT_OK
+
+
+class _HideRefusals(logging.Filter):
+    """Drops, from the terminal only, what Prefect's engine logs about a run that failed on a
+    prefect-hpo error: the error's traceback (once per failed task and once for the flow) and the
+    "Finished in state Failed" lines, and its workers' "Still processing items" while they send
+    what they hold at the end. The CLI prints the error itself, in one line; a bug (any other
+    exception) keeps its traceback, and Prefect's API log handler still gets everything."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, PrefectHPOError):
+            return False
+        message = record.getMessage()
+        if message.startswith("Still processing items"):
+            return False
+        return not (record.levelno >= logging.ERROR and message.startswith("Finished in state Failed"))
+
+
+@contextmanager
+def _engine_tracebacks_hidden(hide: bool) -> Iterator[None]:
+    """Hide :class:`_HideRefusals`'s records on the console handlers of Prefect's loggers.
+
+    On the way out it also sends what Prefect's log and event workers still hold, while the API
+    is up: entered inside ``temporary_server()``, it runs before that server stops, and a
+    worker draining at exit would otherwise print "--- Error logging to API ---" after the
+    one line of a failed run."""
+    with _hidden(hide):
+        try:
+            yield
+        finally:
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=5)
+            EventsWorker.drain_all(timeout=5)
+
+
+@contextmanager
+def _hidden(hide: bool) -> Iterator[None]:
+    if not hide:
+        yield
+        return
+    from prefect.logging.handlers import APILogHandler
+
+    handlers = {
+        handler
+        for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+        if isinstance(logger, logging.Logger) and (logger.name == "root" or logger.name.startswith("prefect"))
+        for handler in logger.handlers
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, APILogHandler)
+    }
+    hiding = _HideRefusals()
+    for handler in handlers:
+        handler.addFilter(hiding)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(hiding)
 
 
 class _ProgressDisplay:
@@ -187,7 +279,11 @@ def _print_outcome(name: str | None, storage: str, best: dict[str, Any] | None, 
     uri = state.tracking_uri or "(MLFLOW_TRACKING_URI)"
     mlflow_name = mlflow_experiment_name(str(name), tenant)
     print(f"  MLflow:     mlflow ui --backend-store-uri {uri}   (experiment {mlflow_name!r}, parent run {state.parent_run_id})")
-    print(f"  status:     prefect-hpo status {name}" + (f" --storage {storage}" if storage != DEFAULT_STORAGE else ""))
+    print(
+        f"  status:     prefect-hpo status {name}"
+        + (f" --storage {storage}" if storage != DEFAULT_STORAGE else "")
+        + (f" --tenant {tenant}" if tenant is not None else "")  # pasted in another shell, it must find it
+    )
 
 
 # ---- status / best -----------------------------------------------------------------------------
@@ -212,6 +308,7 @@ def _read_state(name: str, storage: str, tenant: str | None) -> Any:
 
 def _status(args: argparse.Namespace) -> int:
     from prefect_hpo.storage.checkpoint import open_store
+    from prefect_hpo.storage.trial_run import run_of
 
     tenant = caller_tenant(args.tenant)
     state = _read_state(args.name, args.storage, tenant)
@@ -224,15 +321,15 @@ def _status(args: argparse.Namespace) -> int:
             "params": t.params,
             "values": t.values,
             "failure_reason": t.failure_reason,
-            "stopped_by": t.metadata.get("stopped_by"),
+            "stopped_by": run_of(t).stopped_by,
             "feasible": t.feasible,
             "on_pareto_front": t.index in front if front is not None else None,
             "last_step": _last_step(t),
-            "attempt": t.metadata.get("attempt", 0),
+            "attempt": run_of(t).attempt,
             "suggester": t.suggester,
             "started_at": t.started_at.isoformat() if t.started_at else None,
             "finished_at": t.finished_at.isoformat() if t.finished_at else None,
-            "mlflow_run_id": t.metadata.get("run_id"),
+            "mlflow_run_id": run_of(t).run_id,
         }
         for t in exp.trials
     ]
@@ -247,6 +344,7 @@ def _status(args: argparse.Namespace) -> int:
             "name": exp.name,
             "objectives": exp.objectives,
             "budget": state.spec.budget.model_dump(),
+            "clock": {"wall_time_s": round(state.wall_time_s, 3), "driver_runs": state.driver_runs},
             "stopping": {**state.spec.stopping.model_dump(), "rule": stopping_rule},
             "counts": counts,
             "best": best,
@@ -258,11 +356,14 @@ def _status(args: argparse.Namespace) -> int:
         return EXIT_OK
     done = sum(v for k, v in counts.items() if k not in ("pending", "running"))
     print(f"{exp.name}: {done}/{state.spec.budget.trials} trials done " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    print(f"  {_clock_line(state)}")
     if state.spec.stopping.policy != "none":
         metric, minimize = state.spec.stopping_metric
         print(f"  stopping: {stopping_rule} on {metric} ({'minimize' if minimize else 'maximize'})")
     if lease:
-        print(f"  driven by pid {lease.get('pid')} on {lease.get('host')} (lease until {lease.get('expires_at')})")
+        from prefect_hpo.storage.lease import describe_time  # an epoch number said nothing to people
+
+        print(f"  driven by pid {lease.get('pid')} on {lease.get('host')} (lease until {describe_time(lease.get('expires_at'))})")
     names = exp.space.names
     objectives = list(exp.metric_names)  # the objectives, then metrics under outcome constraints
     flags = exp.outcome_constraints or front is not None
@@ -283,6 +384,14 @@ def _status(args: argparse.Namespace) -> int:
     elif best:
         print(f"  best: trial {best['index']}")
     return EXIT_OK
+
+
+def _clock_line(state: Any) -> str:
+    """The experiment's driving time over all its flow runs, against ``budget.wall_time_s``."""
+    runs = f"{state.driver_runs} flow run{'s' if state.driver_runs != 1 else ''}"
+    limit = state.spec.budget.wall_time_s
+    of = f" of the {limit:g} s budget.wall_time_s" if limit is not None else ""
+    return f"wall time: {state.wall_time_s:.0f} s{of}, over {runs} (the clock is the experiment's, not one run's)"
 
 
 def _best(args: argparse.Namespace) -> int:
@@ -328,7 +437,9 @@ def _note(row: dict[str, Any]) -> str:
 
 def _last_step(trial: Any) -> int | None:
     """The last step the trial reported (how far it trained), None if it reported no step."""
-    steps = [r.get("step") for r in trial.metadata.get("history", []) if r.get("step") is not None]
+    from prefect_hpo.storage.trial_run import run_of
+
+    steps = [r.get("step") for r in run_of(trial).history if r.get("step") is not None]
     return max(steps) if steps else None
 
 
@@ -353,7 +464,7 @@ def _validate(args: argparse.Namespace) -> int:
     is_spec = isinstance(data, dict) and bool({"objectives", "budget", "trial"} & set(data))
     if is_spec:
         spec = ExperimentSpec.parse(data)
-        space = spec.build_experiment().space
+        space = check_runnable(spec).space  # the check `run` makes
     else:
         space = SearchSpace.parse(_space_document(data))
     if args.json:
@@ -381,10 +492,14 @@ def _space_document(data: Any) -> Any:
 
 
 def _algorithms(args: argparse.Namespace) -> int:
-    from prefect_hpo.optim import available_suggesters
+    """One line per algorithm: its name, then the ``algorithm_options`` it takes."""
+    from prefect_hpo.optim.suggesters import available_suggesters, option_names
 
-    for name in available_suggesters():
-        print(name)
+    names = available_suggesters()
+    width = max(map(len, names), default=0)
+    for name in names:
+        options = option_names(name)
+        print(f"{name.ljust(width)}  options: {'any' if options is None else ', '.join(options) or 'none'}")
     return EXIT_OK
 
 

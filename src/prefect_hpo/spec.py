@@ -8,12 +8,25 @@ checkpoint, which is why ``prefect-hpo resume NAME`` needs nothing but the name.
 from __future__ import annotations
 
 import importlib
+import math
 import re
+import types
+import typing
 from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from prefect_hpo.errors import SearchSpaceError, SpecError
 from prefect_hpo.optim.space import SearchSpace, load_document
@@ -23,16 +36,29 @@ if TYPE_CHECKING:
     from prefect_hpo.optim.experiment import Experiment
     from prefect_hpo.optim.stopping import StoppingPolicy
 
-__all__ = ["BudgetSpec", "ExperimentSpec", "ObjectiveSpec", "StoppingSpec", "TrialSpec", "load_spec"]
+__all__ = ["BudgetSpec", "ExperimentSpec", "ObjectiveSpec", "StoppingSpec", "TrialSpec", "check_runnable", "load_spec"]
 
 DEFAULT_STORAGE = "file://.prefect-hpo"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+# \Z, not $: "$" also matches before a final newline, so "name\n" would pass
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
+#: Tracking-store schemes MLflow itself understands; plugins add theirs as entry points.
+_MLFLOW_SCHEMES = frozenset({"file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc", "uc"})
+#: Longest rendering of a refused value in an error message (a value may be megabytes).
+_MAX_SHOWN = 80
 IN_PROCESS = "in-process:"  # how a function object is named in a checkpoint (it cannot be stored)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        """YAML's ``true`` is a bool, which pydantic would read as 1 (``trials: true`` ran one trial)."""
+        if isinstance(v, bool) and info.field_name is not None and _is_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"expected a number, got {v!r}")
+        return v
 
 
 class BudgetSpec(_Strict):
@@ -145,6 +171,26 @@ class TrialSpec(_Strict):
             raise ValueError(f"callable: expected 'package.module:function', got {self.callable!r}")
         return self
 
+    @field_validator("command", "cwd")
+    @classmethod
+    def _no_nul(cls, v: str | None) -> str | None:
+        """A NUL byte cannot reach a process (argv and paths are C strings): refuse it here
+        rather than have every trial fail to start."""
+        if v is not None and "\0" in v:
+            raise ValueError(f"must not contain a NUL byte, got {v!r}")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _valid_environment(cls, v: dict[str, str]) -> dict[str, str]:
+        """Names and values the OS can put into a process's environment."""
+        for name, value in v.items():
+            if not name or "=" in name or "\0" in name:
+                raise ValueError(f"{name!r} is not a valid variable name (empty, or holds '=' or a NUL byte)")
+            if "\0" in value:
+                raise ValueError(f"{name}: the value must not contain a NUL byte, got {value!r}")
+        return v
+
     @field_validator("callable", mode="before")
     @classmethod
     def _importable_by_name(cls, v: Any) -> Any:
@@ -174,7 +220,7 @@ class ObjectiveSpec(_Strict):
     which is also its coordinate of the reference point hypervolumes are measured from."""
 
     direction: Literal["minimize", "maximize"]
-    threshold: float | None = None
+    threshold: float | None = Field(default=None, allow_inf_nan=False)
 
 
 class StoppingSpec(_Strict):
@@ -234,6 +280,18 @@ class ExperimentSpec(_Strict):
         default=None, description="the team the experiment belongs to (see prefect_hpo.tenancy); default $PREFECT_HPO_TENANT"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _finite_thresholds(cls, data: Any) -> Any:
+        """Said here, in one line: as a field error it would come once per member of the union
+        ``minimize | {direction, threshold}``."""
+        objectives = data.get("objectives") if isinstance(data, Mapping) else None
+        for name, value in (objectives.items() if isinstance(objectives, Mapping) else ()):
+            threshold = value.get("threshold") if isinstance(value, Mapping) else None
+            if isinstance(threshold, bool) or (isinstance(threshold, (float, str)) and not _finite(threshold)):
+                raise ValueError(f"objectives.{name}.threshold: must be a finite number, got {_shown(threshold)}")
+        return data
+
     @field_validator("tenant")
     @classmethod
     def _check_tenant(cls, v: str | None) -> str | None:
@@ -258,8 +316,31 @@ class ExperimentSpec(_Strict):
     def _check_name(cls, v: str) -> str:
         if not _NAME.match(v):
             raise ValueError(
-                f"{v!r} is not a valid experiment name: use letters, digits, '_', '.', '-' "
+                f"{_shown(v)} is not a valid experiment name: use letters, digits, '_', '.', '-' "
                 "(it becomes a folder, an S3 prefix and an MLflow experiment name)"
+            )
+        return v
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _check_tracking_uri(cls, v: str | None) -> str | None:
+        """Refuse what MLflow cannot open now, not after the run has started and written things."""
+        if v is None or not v.strip():
+            return v
+        uri = v.strip()
+        if uri in ("databricks", "databricks-uc", "uc"):
+            return v
+        match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", uri)
+        if match is None:
+            if ":" in uri.split("/", 1)[0]:
+                raise ValueError(f"{_shown(v)} is neither a URI (scheme://...) nor a path")
+            return v  # a plain path: MLflow's file store
+        scheme = match.group(1).lower().split("+", 1)[0]
+        known = _MLFLOW_SCHEMES | {ep.name for ep in entry_points(group="mlflow.tracking_store")}
+        if scheme not in known or (scheme != "file" and not uri[match.end():].startswith("//")):
+            raise ValueError(
+                f"{_shown(v)} is not a tracking URI MLflow can open: expected e.g. sqlite:///PATH, "
+                "http(s)://HOST:PORT, postgresql://..., file:PATH or a plain path"
             )
         return v
 
@@ -388,6 +469,55 @@ def load_spec(source: str | Path | Mapping[str, Any] | ExperimentSpec) -> Experi
     return ExperimentSpec.parse(source)
 
 
+def check_runnable(spec: ExperimentSpec) -> Experiment:
+    """Everything that would make a run of ``spec`` fail after it started, checked before anything
+    is written (no lease, no MLflow database, no folder): the one check ``prefect-hpo validate``,
+    ``prefect-hpo run`` and :func:`~prefect_hpo.flows.driver.open_runtime` share.
+
+    Beyond the field checks of loading, it builds the experiment (so the engine refuses an
+    unknown algorithm, bad ``algorithm_options`` or thresholds here) and, for trials run as local
+    processes, compares ``gpus_per_trial`` with the GPUs this machine can hand out. Returns the
+    experiment, for callers that want its space.
+    """
+    experiment = spec.build_experiment()
+    trial = spec.trial
+    if trial.gpus_per_trial > 0 and trial.work_pool is None and trial.dask is None and not trial.in_process:
+        from prefect_hpo.launchers.gpus import GpuPool  # the local launcher's own discovery
+
+        devices = GpuPool(trial.gpus).devices
+        if trial.gpus_per_trial > len(devices):
+            raise SpecError(
+                f"trial.gpus_per_trial: {trial.gpus_per_trial} GPU(s) per trial but only {len(devices)} visible "
+                f"({list(devices) or 'none'}); lower gpus_per_trial, or list more in trial.gpus or CUDA_VISIBLE_DEVICES"
+            )
+    return experiment
+
+
+def _is_number(annotation: Any) -> bool:
+    """Whether a field holds an int or a float (alone or with None)."""
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(a in (int, float) for a in args)
+    return False
+
+
+def _finite(value: float | str) -> bool:
+    """Whether a number (or a string pydantic would read as one) is finite; other strings are
+    left for the field's own error."""
+    try:
+        return math.isfinite(float(value))
+    except ValueError:
+        return True
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to a length that keeps an error message on one readable line."""
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else f"{text[:_MAX_SHOWN - 3]}... ({len(text)} characters)"
+
+
 def _explain(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
@@ -400,5 +530,5 @@ def _explain(exc: ValidationError) -> str:
         elif err["type"] == "value_error":
             parts.append(f"{where}: {msg}" if where else msg)
         else:
-            parts.append(f"{where}: {msg} (got {err.get('input')!r})" if where else msg)
+            parts.append(f"{where}: {msg} (got {_shown(err.get('input'))})" if where else msg)
     return "spec: " + "; ".join(parts)

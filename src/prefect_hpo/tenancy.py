@@ -12,9 +12,12 @@ of a concurrency-limit name). An experiment belongs to at most one tenant, writt
   another's GPUs or queue.
 
 Who is calling is ``PREFECT_HPO_TENANT`` (or ``--tenant``), set by the platform for each team's
-deployments, workers and shells. A caller only finds experiments under its own prefix, and an
-experiment whose recorded tenant is not the caller's is refused with :class:`TenantError`, even
-when its storage is named directly. This is namespacing with guard rails, not security on its
+deployments, workers and shells; nothing else. A spec's ``tenant`` says whose experiment it is,
+so only that tenant may run it (a caller with no tenant cannot take one on by writing it into a
+spec). Every path (run, resume, status, best) makes the same check: a caller only finds
+experiments under its own prefix, an experiment whose recorded tenant is not the caller's is
+refused with :class:`TenantError`, and a storage URI that points into a tenant's part of a store
+(``.../tenants/t``) is refused: the URI names the installation's root. This is namespacing with guard rails, not security on its
 own: hard isolation comes from giving each tenant credentials that only reach its own prefix
 (an S3 bucket policy on ``tenants/t/*``), its MLflow experiments and its namespace.
 """
@@ -39,7 +42,7 @@ __all__ = [
 ]
 
 TENANT_ENV = "PREFECT_HPO_TENANT"
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")  # \Z: "$" would let "a\n" through
 
 
 def check_tenant_name(value: str, field: str = "tenant") -> str:
@@ -58,13 +61,20 @@ def caller_tenant(explicit: str | None = None) -> str | None:
 
 
 def resolve_tenant(spec_tenant: str | None, caller: str | None) -> str | None:
-    """The tenant an experiment run by ``caller`` from a spec naming ``spec_tenant`` belongs to."""
-    if spec_tenant is not None and caller is not None and spec_tenant != caller:
+    """The tenant an experiment run by ``caller`` from a spec naming ``spec_tenant`` belongs to:
+    the caller's. A spec that names a tenant is only run by that tenant, so the owner check of a
+    run is the one ``status`` and ``resume`` make (:func:`check_owner`)."""
+    if spec_tenant is not None and spec_tenant != caller:
+        if caller is None:
+            raise TenantError(
+                f"the spec belongs to tenant {spec_tenant!r} and this caller has no tenant (${TENANT_ENV} unset); "
+                f"run it as that tenant (--tenant {spec_tenant} or {TENANT_ENV}={spec_tenant})"
+            )
         raise TenantError(
             f"the spec belongs to tenant {spec_tenant!r} and this caller is tenant {caller!r} "
             f"(${TENANT_ENV}); one tenant cannot run another's experiments"
         )
-    return spec_tenant if spec_tenant is not None else caller
+    return caller
 
 
 def check_owner(name: str, owner: str | None, caller: str | None) -> None:
@@ -78,7 +88,18 @@ def check_owner(name: str, owner: str | None, caller: str | None) -> None:
 
 
 def scoped_storage(storage: str, tenant: str | None) -> str:
-    """The tenant's own part of a checkpoint store: ``<storage>/tenants/<tenant>``."""
+    """The tenant's own part of a checkpoint store: ``<storage>/tenants/<tenant>``.
+
+    ``storage`` is the installation's root: one that already points into a tenant's part
+    (``<root>/tenants/a``) is refused, or ``--tenant b`` would put b's experiments inside a's
+    folder and a caller with no tenant would read a's part as its own."""
+    parts = storage.rstrip("/").split("/")
+    if len(parts) >= 2 and parts[-2] == "tenants" and _LABEL.match(parts[-1]):
+        root = "/".join(parts[:-2]) or "/"
+        raise TenantError(
+            f"storage {storage!r} belongs to tenant {parts[-1]!r} (it is that tenant's part of {root!r}); "
+            f"give the store's root, {root!r}, and run as the tenant (--tenant or ${TENANT_ENV})"
+        )
     if tenant is None:
         return storage
     return f"{storage.rstrip('/')}/tenants/{tenant}"

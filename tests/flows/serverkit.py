@@ -44,13 +44,20 @@ def _stop(proc: subprocess.Popen, signals: list[int]) -> None:
 
 
 @contextmanager
-def running_server(home: Path) -> Iterator[dict[str, str]]:
-    """`prefect server start` on a free loopback port; yields the environment that talks to it."""
+def running_server(home: Path, extra_env: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
+    """`prefect server start` on a free loopback port; yields the environment that talks to it.
+
+    ``extra_env`` reaches the server and every client given the yielded environment (e.g. a
+    shorter scheduler loop for a test of scheduled deployments)."""
     port = _free_port()
     env = {
         **os.environ,
+        **(extra_env or {}),
         "PREFECT_HOME": str(home / "prefect-home"),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        # its UI, on another port than 4200, calls this API (and links to flow runs name it)
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_UI_URL": f"http://127.0.0.1:{port}",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }

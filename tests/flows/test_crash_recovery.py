@@ -51,6 +51,7 @@ def _wait_for(storage: str, name: str, driver: subprocess.Popen, timeout_s: floa
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # a killed CLI driver and a resume, per store: ~25 s each
 @pytest.mark.parametrize("store_kind", ["local", "s3"])
 def test_sigkilled_driver_resumes_without_losing_or_repeating_trials(
     store_kind: str, workspace: Path, prefect_api: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
@@ -101,6 +102,8 @@ def test_sigkilled_driver_resumes_without_losing_or_repeating_trials(
     assert running, "expected a trial still running at the kill"
     victim = None
     for candidate in sorted(running, key=lambda t: t.started_at, reverse=True):  # the youngest is least likely done
+        if any(kind == "end" and i == candidate.index for kind, i, _, _ in events(workspace)):
+            continue  # its program already ended: its wrapper may still be there, but it is done
         try:
             os.killpg(candidate.metadata["handle"]["pgid"], signal.SIGKILL)
         except ProcessLookupError:  # it finished meanwhile: resume must collect it, not re-run it
@@ -108,6 +111,9 @@ def test_sigkilled_driver_resumes_without_losing_or_repeating_trials(
         victim = candidate
         break
     assert victim is not None, "every trial finished before one could be made to vanish"
+    # it may still have ended in the instant before the kill (on a loaded machine): then it is
+    # rightly collected, not run again, and the test checks that instead
+    vanished = not any(kind == "end" and i == victim.index for kind, i, _, _ in events(workspace))
     completed_before = {t.index: t.values for t in state.experiment.trials if t.status.value == "completed"}
 
     best = hpo_flow(name=name, storage=storage, resume=True)
@@ -125,7 +131,7 @@ def test_sigkilled_driver_resumes_without_losing_or_repeating_trials(
     ends = Counter(i for kind, i, _, _ in log if kind == "end")
     assert ends == Counter(range(budget)), f"some trial ran to the end twice or never: {ends}"
     starts = Counter(i for kind, i, _, _ in log if kind == "start")
-    assert starts[victim.index] == 2  # the vanished one ran again...
+    assert starts[victim.index] == (2 if vanished else 1)  # the vanished one ran again...
     assert exp.trial(victim.index).params == victim.params  # ...with the same parameters
     for other in (t for t in running if t.index != victim.index):  # re-attached or collected, not relaunched
         assert starts[other.index] == 1

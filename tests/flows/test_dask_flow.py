@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from flowkit import events, make_spec
+from processes import gone
 from mlflow.tracking import MlflowClient
 
 from prefect_hpo.flows.hpo import hpo_flow
@@ -57,8 +58,7 @@ def test_a_stopping_policy_ends_dask_trials(workspace: Path, monkeypatch: pytest
     log = events(workspace)
     assert not [e for e in log if e[0] == "end"]
     for _, _, _, pid in (e for e in log if e[0] == "start"):
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+        assert gone(pid)
 
 
 def test_gpu_trials_only_run_where_a_worker_has_a_free_gpu(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,3 +79,55 @@ def test_gpu_trials_only_run_where_a_worker_has_a_free_gpu(workspace: Path, monk
         running += 1 if kind == "start" else -1
         most = max(most, running)
     assert most == 2
+
+
+API_PROBE = """
+import os, sys
+from prefect_hpo.trial import report
+open(os.path.join(os.environ["TRIAL_EVENTS_DIR"], "api-" + os.environ["PREFECT_HPO_TRIAL_INDEX"]), "w").write(
+    os.environ.get("PREFECT_API_URL", ""))
+report(loss=float(os.environ["PREFECT_HPO_TRIAL_INDEX"]))
+"""
+
+
+def test_dask_workers_use_the_flows_prefect_api(workspace: Path, prefect_api: str) -> None:
+    """Workers of the launcher's local cluster run their task runs against the flow's own API
+    instead of each booting a temporary Prefect server (which timed out under load and crashed
+    the flow). The trial processes inherit the worker's environment, so they can tell."""
+    import sys
+
+    (workspace / "probe.py").write_text(API_PROBE)
+    spec = make_spec("dask-api", budget={"trials": 2, "max_parallel": 2},
+                     trial={"command": f"{sys.executable} probe.py", "dask": {"n_workers": 2}})
+    hpo_flow(spec=spec)
+    assert [t.status.value for t in _state("dask-api").experiment.trials] == ["completed"] * 2
+    assert {(workspace / f"api-{i}").read_text() for i in range(2)} == {prefect_api}
+
+
+KILL_MY_WORKER = """
+import os, signal
+pid = os.getpid()
+while pid > 1:  # up to the Dask worker process that runs this trial's task
+    pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read():
+        os.kill(pid, signal.SIGKILL)
+        break
+"""
+
+
+def test_a_dask_worker_that_dies_fails_its_trial_not_the_experiment(workspace: Path) -> None:
+    """An infrastructure error on the worker's side (here the worker process is killed under its
+    task, and the scheduler gives up on the task: KilledWorker) fails that trial with the reason;
+    the flow goes on and ends normally."""
+    import sys
+
+    import dask
+
+    (workspace / "kill_worker.py").write_text(KILL_MY_WORKER)
+    spec = make_spec("dask-dies", budget={"trials": 2, "max_parallel": 1},
+                     trial={"command": f"{sys.executable} kill_worker.py", "retries": 0, "dask": {"n_workers": 1}})
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        hpo_flow(spec=spec)
+    exp = _state("dask-dies").experiment
+    assert [t.status.value for t in exp.trials] == ["failed"] * 2
+    assert all("Dask worker" in (t.failure_reason or "") for t in exp.trials), [t.failure_reason for t in exp.trials]

@@ -46,3 +46,72 @@ def test_the_shipped_deployments_run_on_a_process_worker(prefect_server: dict[st
         assert [t.status.value for t in state.experiment.trials] == ["completed"] * state.spec.budget.trials
     finally:
         stop_worker(worker)
+
+
+#: Reads the deployment's flow runs through Prefect's client, in the server's environment.
+_FLOW_RUNS = """
+import json, sys
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+with get_client(sync_client=True) as client:
+    deployment = client.read_deployment_by_name(sys.argv[1])
+    runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+    print(json.dumps([{"name": r.name, "state": r.state_type.value if r.state_type else None,
+                       "auto_scheduled": r.auto_scheduled, "parameters": r.parameters} for r in runs]))
+"""
+
+
+def _flow_runs(env: dict[str, str], cwd: Path, deployment: str) -> list[dict]:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FLOW_RUNS, deployment], cwd=cwd, env=env, capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_a_scheduled_deployment_gets_flow_runs_that_complete_on_a_worker(tmp_path: Path) -> None:
+    """The nightly deployment of the shipped prefect.yaml, with its cron replaced by a 5 s interval:
+    the server's scheduler must create flow runs by itself (it silently created none with
+    SQLAlchemy 2.1, whose bulk inserts Prefect 3.8.8's scheduler cannot make) and the worker must
+    run one of them to a completed experiment named with the run's date."""
+    import yaml
+    from serverkit import running_server
+
+    checkout = copy_checkout(tmp_path / "checkout")
+    shipped = yaml.safe_load((checkout / "deployments" / "prefect.yaml").read_text())
+    nightly = next(d for d in shipped["deployments"] if d["name"] == "nightly-quickstart")
+    assert nightly["schedules"][0]["cron"] == "0 2 * * *" and nightly["schedules"][0]["active"] is True
+    nightly["schedules"] = [{"interval": 5, "active": True}]
+    nightly["parameters"] = {**nightly["parameters"], "spec": "examples/shell.yaml"}
+    shipped["deployments"] = [nightly]
+    (checkout / "scheduled.yaml").write_text(yaml.safe_dump(shipped))
+
+    # the scheduler looks for deployments to schedule every 60 s by default; 2 s keeps the test short
+    with running_server(tmp_path, {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}) as server_env:
+        env = {**server_env, "PWD": str(checkout)}
+        prefect_cli(env, checkout, "work-pool", "create", "hpo-process", "--type", "process")
+        prefect_cli(env, checkout, "--no-prompt", "deploy", "--prefect-file", "scheduled.yaml", "--all")
+        worker = start_worker(env, checkout, "hpo-process", tmp_path / "worker.log")
+        try:
+            deadline = time.monotonic() + 200
+            runs: list[dict] = []
+            while time.monotonic() < deadline:
+                runs = _flow_runs(env, checkout, "prefect-hpo/nightly-quickstart")
+                if any(r["state"] == "COMPLETED" for r in runs):
+                    break
+                time.sleep(2)
+        finally:
+            stop_worker(worker)
+    assert runs, "the scheduler created no flow run for the scheduled deployment"
+    assert all(r["auto_scheduled"] for r in runs), runs
+    done = [r for r in runs if r["state"] == "COMPLETED"]
+    assert done, f"no scheduled flow run completed on the worker: {[(r['name'], r['state']) for r in runs]}\n" + (
+        tmp_path / "worker.log").read_text()[-3000:]
+    names = open_store(f"file://{checkout / '.prefect-hpo'}").list_names()
+    assert len(names) == 1 and names[0].startswith("shell-example-"), names
+    text = open_store(f"file://{checkout / '.prefect-hpo'}").read(names[0])
+    state = ExperimentState.from_json(text, names[0])
+    assert [t.status.value for t in state.experiment.trials] == ["completed"] * state.spec.budget.trials

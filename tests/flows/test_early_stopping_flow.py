@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from flowkit import make_spec
+from processes import gone
 from mlflow.tracking import MlflowClient
 
 from prefect_hpo.flows.hpo import hpo_flow
@@ -57,15 +58,6 @@ def _records(workspace: Path) -> list[dict]:
     return [json.loads(line) for line in (workspace / "curves.jsonl").read_text().splitlines()]
 
 
-def _pid_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rfind(")") + 2] in "ZX"  # a zombie holds no memory and no GPU
-
-
 def test_asha_stops_the_worse_trial_kills_it_and_hands_its_gpu_on(workspace: Path) -> None:
     (workspace / "curve_trial.py").write_text(CURVE_TRIAL)
     spec = make_spec(
@@ -95,7 +87,7 @@ def test_asha_stops_the_worse_trial_kills_it_and_hands_its_gpu_on(workspace: Pat
     assert ends == {0, 2}
     assert reported[1] < 3, f"trial 1 trained to step {reported[1]} before being stopped"
     assert reported[0] == reported[2] == 9
-    assert _pid_gone(starts[1]["pid"])  # its process is really gone, not just forgotten
+    assert gone(starts[1]["pid"])  # its process is really gone, not just forgotten
     condemned = next(r["time"] for r in records if r["kind"] == "report" and r["index"] == 1 and r["step"] == 1)
     assert starts[2]["time"] > condemned  # the slot went to trial 2 only after trial 1 was stopped
     assert best is not None and best["index"] == 2

@@ -11,7 +11,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
-from prefect_hpo.flows.quota import ConcurrencySlotAcquisitionError, hold_gpu_slots
+from prefect_hpo.launchers.gpu_quota import ConcurrencySlotAcquisitionError, hold_gpu_slots
 
 
 def _limit(limit: int, **kwargs: float) -> str:
@@ -67,7 +67,7 @@ def test_a_waiting_trial_takes_the_slot_soon_after_it_frees_not_when_the_server_
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    caplog.set_level(logging.DEBUG, logger="prefect_hpo.flows.quota")
+    caplog.set_level(logging.DEBUG, logger="prefect_hpo.launchers.gpu_quota")
     threads = [threading.Thread(target=first), threading.Thread(target=second)]
     for t in threads:
         t.start()

@@ -14,6 +14,7 @@ from prefect_hpo.flows.hpo import hpo_flow
 from prefect_hpo.storage.checkpoint import open_store
 from prefect_hpo.storage.state import ExperimentState
 from flowkit import events, make_spec
+from processes import gone
 
 
 def _state(storage: str, name: str) -> ExperimentState:
@@ -67,24 +68,33 @@ def test_flow_runs_the_budget_in_parallel_and_records_everything(workspace: Path
         history = client.get_metric_history(run.info.run_id, "loss")
         assert sorted(m.step for m in history) == [0, 1, 2]
         assert run.data.metrics["loss"] == pytest.approx(trial.values["loss"])
-        assert json.loads(run.data.tags["prefect_hpo.params"]) == trial.params
+        assert "prefect_hpo.params" not in run.data.tags  # plain params round-trip through MLflow's own
+        assert run.data.params == {k: str(v) for k, v in trial.params.items()}
+        assert "prefect_hpo.values" not in run.data.tags and "prefect_hpo.failure_reason" not in run.data.tags
+        assert run.data.tags["prefect_hpo.flow_run_id"] == state.flow_run_id
         assert any(a.path.startswith("logs") for a in client.list_artifacts(run.info.run_id))
+    # the parent is the dashboard: one best_so_far point per completed trial, the best child tagged
+    parent = parents[0]
+    curve = client.get_metric_history(parent.info.run_id, "hpo/best_so_far/loss")
+    assert sorted(m.step for m in curve) == list(range(1, 7))
+    assert parent.data.params == {}
+    top = exp.best_trial
+    assert parent.data.tags["prefect_hpo.best_trial"] == str(top.index)
+    assert parent.data.tags["prefect_hpo.best_run_id"] == top.metadata["run_id"]
+    assert [r.data.tags["prefect_hpo.trial_index"] for r in children if r.data.tags.get("prefect_hpo.best") == "true"] == [str(top.index)]
 
     # the checkpoint equals the experiment the flow ended with: the same document round-trips
     again = ExperimentState.from_json(state.to_json(), "copy")
     assert again.experiment.to_dict() == exp.to_dict()
 
-    # the flow published its artifacts: the trial table (best first) and a summary
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        table = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["e2e-trials"])))
-        summary = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["e2e-summary"])))
+    # the flow published its artifacts: the trial table (best first) and a summary,
+    # published while it ran too (versions of the same key): the latest one is the final state
+    table, summary = _artifacts("e2e-trials"), _artifacts("e2e-summary")
     assert table and summary
     rows = json.loads(table[0].data) if isinstance(table[0].data, str) else table[0].data
     assert len(rows) == 6 and rows[0]["trial"] == best["index"]
     assert f"best: trial {best['index']}" in summary[0].data
+    assert f"(what ran: {parent.data.tags['prefect_hpo.strategy']})" in summary[0].data  # not just `auto`
 
     # running the same spec again continues the finished experiment: nothing runs twice
     before = len(events(workspace))
@@ -100,7 +110,8 @@ def test_faulty_trials_are_recorded_failed_and_the_experiment_goes_on(workspace:
         budget={"trials": 5, "max_parallel": 3},
         trial={"timeout_s": 3, "retries": 1},
     )
-    best = hpo_flow(spec=spec)
+    run_state = hpo_flow(spec=spec, return_state=True)
+    best = run_state.result()
     exp = _state("file://ckpt", "faults").experiment
     by_mode = {t.params["mode"]: t for t in exp.trials}
     assert set(by_mode) == {"ok", "crash", "hang", "nan", "flaky"}
@@ -116,21 +127,20 @@ def test_faulty_trials_are_recorded_failed_and_the_experiment_goes_on(workspace:
     # the hung trial's processes are gone (its process group was killed)
     hang_pids = [pid for kind, index, _, pid in events(workspace) if kind == "start" and index == by_mode["hang"].index]
     assert hang_pids
-    assert not [pid for pid in hang_pids if _alive(pid)]
+    assert not [pid for pid in hang_pids if not gone(pid)]
+    # in the Prefect UI each trial is one task run in the state it ended in, retries included
+    spans = _trial_spans(run_state.state_details.flow_run_id, expected=5)
+    assert {name: state for name, (state, _) in spans.items()} == {
+        f"trial-{t.index:04d}": "FAILED" if t.status.value == "failed" else "COMPLETED" for t in exp.trials
+    }
+    assert "exit code 1" in spans[f"trial-{by_mode['crash'].index:04d}"][1]
+    assert "timed out" in spans[f"trial-{by_mode['hang'].index:04d}"][1]
+    assert spans[f"trial-{by_mode['ok'].index:04d}"][1].startswith("loss=")
     # each failure and its reason reached MLflow
     _, children = _mlflow_runs(workspace, "faults")
     reasons = {int(r.data.tags["prefect_hpo.trial_index"]): r.data.tags.get("prefect_hpo.failure_reason", "") for r in children}
     assert "timed out" in reasons[by_mode["hang"].index]
     assert len(children) == 5
-
-
-def _alive(pid: int) -> bool:
-    """Running, as opposed to gone or a zombie waiting for a parent (or init) to reap it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def test_a_corrupted_checkpoint_is_refused_and_left_untouched(workspace: Path) -> None:
@@ -254,3 +264,141 @@ def test_a_launch_the_checkpoint_missed_is_adopted_not_repeated(workspace: Path,
     exp = _state("file://ckpt", "adopt").experiment
     assert exp.trial(0).status.value == "completed" and exp.trial(0).metadata["attempt"] == 1
     assert [(kind, i, a) for kind, i, a, _ in events(workspace)] == [("start", 0, 1), ("end", 0, 1)]
+
+
+@pytest.mark.parametrize("algorithm", ["grid", "gp"])
+def test_a_budget_larger_than_a_finite_space_ends_with_the_best_found(workspace: Path, algorithm: str) -> None:
+    spec = make_spec(
+        "tiny-space", algorithm=algorithm, budget={"trials": 10, "max_parallel": 2},
+        parameters=[{"name": "x", "type": "range", "bounds": [0, 1]}],  # an int range: two points
+    )
+    best = hpo_flow(spec=spec)
+    exp = _state("file://ckpt", "tiny-space").experiment
+    assert {t.params["x"] for t in exp.trials} == {0, 1} and len(exp.trials) < 10
+    assert all(t.status.value == "completed" for t in exp.trials)
+    assert best is not None and best["params"] == {"x": 0}
+
+
+def test_the_wall_time_budget_counts_the_experiment_time_across_flow_runs(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.environ["TRIAL_SLEEP"] = "0.5"
+    try:
+        spec = make_spec("clocked", budget={"trials": 50, "max_parallel": 1, "wall_time_s": 3})
+        hpo_flow(spec=spec)
+        first = _state("file://ckpt", "clocked")
+        assert 0 < len(first.experiment.trials) < 50  # stopped by the clock, not the trial budget
+        assert first.wall_time_s >= 3 and first.driver_runs == 1
+        # a second run of the same spec finds the time already spent: it launches nothing
+        hpo_flow(spec=spec)
+        second = _state("file://ckpt", "clocked")
+        assert len(second.experiment.trials) == len(first.experiment.trials)
+        assert second.driver_runs == 2 and second.wall_time_s >= first.wall_time_s
+        # raising the budget is how the experiment is given more time
+        hpo_flow(spec={**spec, "budget": {**spec["budget"], "wall_time_s": second.wall_time_s + 2}})
+        third = _state("file://ckpt", "clocked")
+        assert len(third.experiment.trials) > len(second.experiment.trials)
+        from prefect_hpo.cli import main
+
+        capsys.readouterr()
+        assert main(["status", "clocked", "--storage", "file://ckpt"]) == 0
+        assert f"budget.wall_time_s, over 3 flow runs" in capsys.readouterr().out
+    finally:
+        del os.environ["TRIAL_SLEEP"]
+
+
+def _trial_spans(flow_run_id: object, expected: int) -> dict[str, tuple[str, str]]:
+    """``trial-NNNN`` task runs of a flow run: name -> (state type, state message), once all
+    ``expected`` are final (the server records task runs from events, a moment after the flow)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            spans = {r.name: r for r in runs if r.name.startswith("trial-")}
+            final = [r for r in spans.values() if r.state is not None and r.state.is_final()]
+            if len(final) >= expected or time.monotonic() > deadline:
+                return {name: (r.state.type.value, r.state.message or "") for name, r in spans.items()}
+            time.sleep(0.5)
+
+
+def _artifacts(key: str) -> list:
+    """The latest version of the artifact ``key`` (Prefect keeps every version of a key), in a list."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+
+    with get_client(sync_client=True) as client:
+        return client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=[key])))
+
+
+def test_artifacts_show_the_experiment_while_it_runs(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A running (or killed) experiment shows where it stands: the progress bar, the trial table
+    (numbers as numbers) and the summary are there before the flow returns."""
+    import threading
+
+    monkeypatch.setenv("TRIAL_SLEEP", "0.4")
+    monkeypatch.setenv("PREFECT_HPO_ARTIFACT_INTERVAL_S", "0")
+    spec = make_spec("live", budget={"trials": 6, "max_parallel": 1})
+    runner = threading.Thread(target=hpo_flow, kwargs={"spec": spec})
+    runner.start()
+    seen_mid_run = None
+    try:
+        while runner.is_alive():
+            table = _artifacts("live-trials")
+            if table:
+                rows = json.loads(table[0].data) if isinstance(table[0].data, str) else table[0].data
+                done = [r for r in rows if r["status"] == "completed"]
+                if done and len(done) < 6 and runner.is_alive():
+                    seen_mid_run = rows
+                    break
+            runner.join(0.2)
+    finally:
+        runner.join(120)
+    assert seen_mid_run is not None, "no trial table was published while the flow ran"
+    completed = [r for r in seen_mid_run if r["status"] == "completed"]
+    assert all(isinstance(r["loss"], float) and isinstance(r["x"], float) for r in completed), completed
+    progress = _artifacts("live-progress")
+    assert progress and float(progress[0].data) == 100.0  # updated in place to the end
+    summary = _artifacts("live-summary")
+    assert summary and "mlflow ui --backend-store-uri sqlite:///" in summary[0].data
+
+
+def test_each_trial_event_is_a_line_in_the_flow_runs_log(workspace: Path) -> None:
+    """The Prefect UI's Logs tab tells the experiment's story: a line per launch and per end."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    import logging
+
+    # the suite runs with PREFECT_LOGGING_LEVEL=WARNING; the CLI keeps Prefect's loggers at INFO
+    # (only its console handler is quieted), which is what this test reproduces; trial events
+    # are logged on each trial's own task run (its span), which the flow run's Logs tab shows
+    run_loggers = [logging.getLogger("prefect.flow_runs"), logging.getLogger("prefect.task_runs")]
+    levels = [log.level for log in run_loggers]
+    for log in run_loggers:
+        log.setLevel(logging.INFO)
+    try:
+        state = hpo_flow(spec=make_spec("logged", budget={"trials": 3, "max_parallel": 1}), return_state=True)
+    finally:
+        for log, level in zip(run_loggers, levels):
+            log.setLevel(level)
+    flow_run_id = state.state_details.flow_run_id
+    messages: list[str] = []
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:  # logs reach the API in batches, after the flow's return too
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+            messages = [log.message for log in logs]
+            if sum(" completed: loss=" in m for m in messages) == 3:
+                break
+            time.sleep(0.5)
+    for index in range(3):
+        assert sum(m.startswith(f"trial {index} launched (attempt 1, sobol): ") for m in messages) == 1, messages
+        assert sum(m.startswith(f"trial {index} completed: loss=") for m in messages) == 1, messages

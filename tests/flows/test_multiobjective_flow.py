@@ -45,14 +45,17 @@ def test_the_nas_example_maps_a_pareto_front_into_mlflow(workspace: Path) -> Non
     state = ExperimentState.from_json(open_store(spec.storage).read("nas"), "nas")
     exp = state.experiment
     assert [t.status.value for t in exp.trials] == ["completed"] * 4
-    assert outcome is not None and set(outcome) == {"pareto_front", "hypervolume", "reference_point"}
+    assert outcome is not None and set(outcome) == {"pareto_front", "hypervolume", "reference_point", "outside_thresholds"}
+    assert outcome["outside_thresholds"] == [t.index for t in exp.outside_thresholds()]
     front = {t.index for t in exp.pareto_front()}
     assert {t["index"] for t in outcome["pareto_front"]} == front
     assert outcome["reference_point"] == {"val_accuracy": 0.8, "n_params": 50000.0}  # the spec's thresholds
     assert outcome["hypervolume"] == pytest.approx(exp.hypervolume())
-    for t in exp.trials:  # nobody off the front beats a front member on both objectives
+    for t in exp.trials:  # front members meet the thresholds; others miss one or are dominated
         assert t.values["n_params"] == float(t.values["n_params"]) and 0.0 < t.values["val_accuracy"] <= 1.0
-        if t.index not in front:
+        if t.index in front:
+            assert t.values["val_accuracy"] >= 0.8 and t.values["n_params"] <= 50000
+        elif exp.meets_thresholds(t):
             assert any(exp.trial(f).values["val_accuracy"] >= t.values["val_accuracy"]
                        and exp.trial(f).values["n_params"] <= t.values["n_params"] for f in front)
 
@@ -68,7 +71,11 @@ def test_the_nas_example_maps_a_pareto_front_into_mlflow(workspace: Path) -> Non
     assert {"pareto_front.png", "pareto_front.json"} <= artifacts
     png = Path(client.download_artifacts(parent.info.run_id, "pareto_front.png", str(workspace)))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    assert parent.data.metrics["hypervolume"] == pytest.approx(outcome["hypervolume"])
+    assert parent.data.metrics["hpo/hypervolume"] == pytest.approx(outcome["hypervolume"])
+    assert parent.data.metrics["hpo/pareto_size"] == len(front)
+    children = client.search_runs([parent.info.experiment_id], filter_string="tags.`prefect_hpo.role` = 'trial'")
+    assert {int(r.data.tags["prefect_hpo.trial_index"]) for r in children if r.data.tags.get("prefect_hpo.pareto") == "true"} == front
+    assert not [r for r in children if "prefect_hpo.best" in r.data.tags]
 
 
 def test_an_infeasible_trial_is_recorded_but_never_best(workspace: Path) -> None:

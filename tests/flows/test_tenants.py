@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from prefect_hpo.errors import TenantError
 from prefect_hpo.flows.hpo import hpo_flow
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # a minute of flows and CLI runs
 
 
 def cli(workspace: Path, prefect_api: str, tenant: str | None, *args: str) -> subprocess.CompletedProcess[str]:
@@ -69,6 +69,30 @@ def test_one_tenant_cannot_find_read_resume_or_drive_anothers_experiment(
     assert (stray / "experiment.json").read_bytes() == before
     shutil.rmtree(stray)
     assert checkpoint.read_bytes() == before  # nothing was written by the refused calls
+
+    # A caller with no tenant cannot drive team-a's experiment by writing `tenant: team-a` into
+    # its spec (issue 11: the budget was raised and trials ran, while its status/resume were
+    # refused): the run makes the same owner check as status and resume, before anything starts.
+    raised = {**spec, "tenant": "team-a", "budget": {"trials": 4, "max_parallel": 2}}
+    (workspace / "raised.json").write_text(json.dumps(raised))
+    run = cli(workspace, prefect_api, None, "run", "raised.json", "--quiet")
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "belongs to tenant 'team-a' and this caller has no tenant" in run.stderr, run.stderr
+    monkeypatch.delenv("PREFECT_HPO_TENANT")
+    with pytest.raises(TenantError, match="this caller has no tenant"):
+        hpo_flow(spec=raised)
+    assert checkpoint.read_bytes() == before
+    # team-b pointed at team-a's part of the store is refused, instead of creating its
+    # experiment in there (<store>/tenants/team-a/tenants/team-b/...)
+    inside = cli(workspace, prefect_api, None, "run", "raised.json", "--tenant", "team-b", "--quiet",
+                 "--storage", "file://ckpt/tenants/team-a")
+    assert inside.returncode == 2 and inside.stderr.count("\n") == 1, inside.stderr
+    (workspace / "b.json").write_text(json.dumps(spec))
+    inside = cli(workspace, prefect_api, "team-b", "run", "b.json", "--quiet", "--storage", "file://ckpt/tenants/team-a")
+    assert inside.returncode == 2 and inside.stderr.count("\n") == 1, inside.stderr
+    assert "storage 'file://ckpt/tenants/team-a' belongs to tenant 'team-a'" in inside.stderr, inside.stderr
+    assert sorted(p.name for p in checkpoint.parent.parent.iterdir()) == ["shared-name"]
+    assert checkpoint.read_bytes() == before
 
     # a spec of team-a run by team-b is refused before anything starts
     monkeypatch.setenv("PREFECT_HPO_TENANT", "team-b")

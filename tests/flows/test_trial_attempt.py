@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from prefect_hpo.errors import TrialError
-from prefect_hpo.flows.trial import run_attempt
+from prefect_hpo.launchers.remote_attempt import run_attempt
 
 SEEN = "import os, sys; open(sys.argv[1], 'w').write(os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>'))"
 
@@ -39,3 +39,20 @@ def test_a_cpu_trial_sees_no_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_a_failing_command_raises_with_its_reason(tmp_path: Path) -> None:
     with pytest.raises(TrialError, match="exit code 3"):
         run_attempt("exp", 0, 1, f"{sys.executable} -c 'raise SystemExit(3)'", {})
+
+
+def test_python_in_a_remote_command_is_the_interpreter_that_runs_the_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's PATH may start with a Python that lacks prefect-hpo (here: a fake `python`
+    first on PATH that fails); the trial's `python` must be the worker's own interpreter, as
+    the flow's is for local trials."""
+    impostor = tmp_path / "bin"
+    impostor.mkdir()
+    (impostor / "python").write_text("#!/bin/sh\necho 'No module named prefect_hpo' >&2\nexit 1\n")
+    (impostor / "python").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{impostor}:/usr/bin:/bin")
+    out = tmp_path / "exe"
+    command = f"python -c \"import sys, prefect_hpo; open(sys.argv[1], 'w').write(sys.executable)\" {out}"
+    assert run_attempt("exp", 0, 1, command, {}, env={})["exit_code"] == 0
+    assert Path(out.read_text()).resolve() == Path(sys.executable).resolve()

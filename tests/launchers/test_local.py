@@ -8,6 +8,7 @@ JSON handle.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import gone, group_alive
 
 from prefect_hpo.errors import SpecError, TrialError
 from prefect_hpo.launchers.base import LaunchRequest, PollResult, TrialState
@@ -61,30 +63,6 @@ def wait_for(predicate: Any, limit_s: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.02)
-
-
-def gone(pid: int) -> bool:
-    """True if the process no longer runs (absent, or a zombie waiting to be reaped by init)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rindex(")") + 2] == "Z"
-
-
-def group_alive(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in a process group."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                pids.append(int(entry))
-    return pids
 
 
 REPORT3 = """
@@ -296,13 +274,17 @@ def test_trial_survives_the_flow_being_sigkilled(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
         proc.stdout.close()
-    launcher = LocalProcessLauncher()
-    assert launcher.reattach(handle) is True
-    wait_for(lambda: "PREFECT_HPO_REPORT" in launcher.log_path(handle).read_text())
-    (Path(handle["workdir"]) / "go").touch()
-    result, reports = run_to_end(launcher, handle)
-    assert result.state is TrialState.SUCCEEDED
-    assert [r.step for r in reports] == [0, 1]
+    try:
+        launcher = LocalProcessLauncher()
+        assert launcher.reattach(handle) is True
+        wait_for(lambda: "PREFECT_HPO_REPORT" in launcher.log_path(handle).read_text())
+        (Path(handle["workdir"]) / "go").touch()
+        result, reports = run_to_end(launcher, handle)
+        assert result.state is TrialState.SUCCEEDED
+        assert [r.step for r in reports] == [0, 1]
+    finally:  # a failed check must not leave the trial waiting for its "go" forever
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(handle["pgid"], signal.SIGKILL)
 
 
 def test_processes_left_behind_by_a_finished_trial_are_stopped(tmp_path: Path) -> None:
@@ -324,7 +306,7 @@ def test_trial_that_finished_while_nobody_watched(
     launcher_a = LocalProcessLauncher()
     command = f"echo 'PREFECT_HPO_REPORT {{\"step\": null, \"metrics\": {{\"acc\": 0.9}}}}'; exit {code}"
     handle = launcher_a.launch(request(tmp_path, command))
-    wait_for((Path(handle["workdir"]) / "exit_code").exists)
+    wait_for((Path(handle["status_dir"]) / "exit_code").exists)
     launcher_b = LocalProcessLauncher()
     assert launcher_b.reattach(handle) is False
     result = launcher_b.poll(handle)

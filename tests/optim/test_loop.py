@@ -123,3 +123,20 @@ def test_optimize_refuses_a_bad_trial_count(trials):
 def test_a_result_that_is_not_a_number_is_a_caller_bug_not_a_failed_trial():
     with pytest.raises(TrialError, match="must be a number"):
         optimize(lambda p: "1.5", SPACE, trials=2, seed=0, algorithm="random")
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "gp", "grid"])  # random and sobol draw with replacement
+def test_a_budget_larger_than_a_finite_space_returns_the_best_found(algorithm: str) -> None:
+    # Ax's rule: integer bounds make an int range, so [0, 1] has exactly two points
+    space = [{"name": "k", "type": "range", "bounds": [0, 1]}, {"name": "c", "type": "choice", "values": ["a", "b"]}]
+    result = optimize(lambda p: p["k"] + (p["c"] == "b"), space, trials=10, seed=0, algorithm=algorithm)
+    best_params, best_values, exp = result  # still unpacks as three values
+    assert best_params == {"k": 0, "c": "a"} and best_values == {"objective": 0}
+    assert result.exhausted and result.exhausted_reason
+    assert 4 <= len(exp.trials) < 10
+    assert {(t.params["k"], t.params["c"]) for t in exp.trials} == {(0, "a"), (0, "b"), (1, "a"), (1, "b")}
+
+
+def test_a_result_within_budget_is_not_marked_exhausted() -> None:
+    result = optimize(quadratic, SPACE, trials=3, seed=0, algorithm="sobol")
+    assert not result.exhausted and result.exhausted_reason is None

@@ -262,6 +262,8 @@ def branin_currin(params):
     return {"f1": float(y[0]), "f2": float(y[1])}
 
 
+@pytest.mark.slow
+@pytest.mark.e2e  # ~36 s of MOO fits on CI: run by `make test-e2e`
 def test_auto_beats_random_in_hypervolume_on_branin_currin():
     """Seeded and short (20 trials, cheap acquisition): auto reaches ~0.9 of the maximum here,
     random ~0.1 (bench_moo.py measures the full picture)."""
@@ -348,3 +350,22 @@ def test_auto_on_a_small_all_choice_space_uses_the_model_for_several_objectives(
         exp.tell(trial.index, {"f1": trial.params["a"], "f2": 4 - trial.params["a"] + (trial.params["b"] == "y")})
     assert [s for s, *_ in seen] == ["sobol", "sobol", "gp", "gp", "gp"]
     assert len({(a, b) for _, a, b in seen}) == 5, "the finite space is enumerated, never repeated"
+
+
+def test_trials_outside_the_thresholds_are_not_on_the_pareto_front():
+    """A 0.31-accuracy model is not a trade-off for someone whose threshold is 0.8, however small."""
+    exp = Experiment("t", [{"name": "x", "type": "range", "bounds": [0.0, 1.0]}],
+                     objectives={"acc": {"direction": "maximize", "threshold": 0.8},
+                                 "size": {"direction": "minimize", "threshold": 5e4}})
+    values = [{"acc": 0.9, "size": 4e4}, {"acc": 0.85, "size": 2e4}, {"acc": 0.31, "size": 10.0},
+              {"acc": 0.95, "size": 9e4}, {"acc": 0.8, "size": 3e4}]
+    trials = []
+    for v in values:
+        t = exp.ask()
+        exp.tell(t.index, v)
+        trials.append(t)
+    assert {t.index for t in exp.pareto_front()} == {trials[0].index, trials[1].index}
+    assert [t.index for t in exp.outside_thresholds()] == [trials[2].index, trials[3].index]
+    assert exp.meets_thresholds(exp.trial(trials[4].index))  # a value on the threshold is still worth having
+    # dominated by trial 1 (0.85 > 0.8 at a smaller size), so not on the front, but inside the thresholds
+    assert trials[4].index not in {t.index for t in exp.pareto_front()}

@@ -70,6 +70,8 @@ def test_auto_uses_saasbo_from_the_stated_dimension_on():
     assert high.saasbo is not None and high.n_initial == SAASBO_N_INITIAL
 
 
+@pytest.mark.slow
+@pytest.mark.e2e  # ~20-60 s of SAAS fits on CI's 2 cores: kept out of `make test`, run by CI
 def test_auto_in_high_dimensions_hands_over_to_saasbo_after_its_initial_design():
     exp = Experiment(
         "auto-saas", unit_space(SAASBO_MIN_DIM), objectives={"y": "minimize"}, algorithm="auto", seed=0,
@@ -139,6 +141,8 @@ def test_a_failed_fit_falls_back_to_sobol_with_a_logged_reason(caplog, monkeypat
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="counts the process's memory mappings (Linux)")
+@pytest.mark.slow
+@pytest.mark.e2e  # ~20-60 s of SAAS fits on CI's 2 cores: kept out of `make test`, run by CI
 def test_repeated_fits_do_not_pile_up_compiled_programs():
     """Each fit compiles a new NUTS program (the data are constants in it); keeping them all cost
     about 1,000 memory mappings per fit and killed a 60-suggestion run. Three fits of growing data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -454,3 +455,35 @@ def test_lease_of_sigkilled_driver_is_taken_over_at_once(store):
     with store.acquire_lease("exp") as lease:
         assert store.read_lease("exp")["owner"] == lease.owner
     assert time.monotonic() - started < 2
+
+
+# ---------------------------------------------------------------------------------- lease times
+
+
+def test_lease_times_read_as_utc_and_distance_from_now():
+    from prefect_hpo.storage.lease import describe_time
+
+    now = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+    assert describe_time(now + 42, now) == "2027-01-15T08:00:42Z (in 42 s)"
+    assert describe_time(now - 300, now) == "2027-01-15T07:55:00Z (5 min ago)"
+    assert describe_time(None, now) == describe_time("soon", now) == describe_time(True, now) == "an unknown time"
+    assert describe_time(float("nan"), now) == "an unknown time"
+
+
+def test_lease_held_message_has_no_raw_epoch(store):
+    doc = _foreign_lease()
+    _plant_lease(store, "exp", doc)
+    with pytest.raises(LeaseHeldError) as info:
+        store.acquire_lease("exp")
+    message = str(info.value)
+    assert str(int(doc["expires_at"])) not in message
+    assert re.search(r"expires at 20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ \(in (59|60) s\)", message), message
+    assert re.search(r"since \S+Z \(10[0-9] s ago\)", message), message  # acquired 100 s ago
+
+
+def test_held_message_for_an_unreadable_lease_says_so_not_host_question_mark():
+    from prefect_hpo.storage.lease import _held_message
+
+    message = _held_message("exp", {"error": "unreadable lease document: not JSON"}, "s3://b/exp/lease.json", 0)
+    assert "unreadable" in message and "s3://b/exp/lease.json" in message
+    assert "host ?" not in message and "pid ?" not in message

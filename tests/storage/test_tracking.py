@@ -20,6 +20,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from prefect_hpo.errors import StorageError
+from prefect_hpo.optim.space import SearchSpace
 from prefect_hpo.storage.tracking import MlflowTracker, TrialRecord
 from prefect_hpo.storage.tracking_uri import resolve_tracking_uri
 from prefect_hpo.trial import Report
@@ -34,17 +35,10 @@ SPEC = {
     "trial": {"command": "python train.py --lr {lr}"},
 }
 SPACE = [{"name": "lr", "type": "range", "bounds": [1e-4, 0.1], "log_scale": True}]
-
-
-@pytest.fixture(scope="module")
-def db_uri(tmp_path_factory: pytest.TempPathFactory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-        mp.setenv("DO_NOT_TRACK", "true")
-        mp.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        yield "sqlite:///" + str(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
+_SPACE2 = SearchSpace.parse([
+    {"name": "lr", "type": "range", "bounds": [1e-4, 0.1]},
+    {"name": "units", "type": "range", "bounds": [1, 64], "value_type": "int"},
+])
 
 
 @pytest.fixture
@@ -69,13 +63,16 @@ def test_parent_run_created_once_and_found_again(tracker: MlflowTracker, client:
     assert run.info.run_name == tracker.experiment_name
     assert run.data.tags["prefect_hpo.role"] == "experiment"
     assert run.data.tags["prefect_hpo.algorithm"] == "gp"
-    assert run.data.params == {
-        "algorithm": "gp",
-        "seed": "7",
-        "budget.trials": "20",
-        "budget.max_parallel": "2",
-        "objective.val_loss": "minimize",
-        "objective.accuracy": "maximize",
+    assert run.data.params == {}  # params of the parent would crowd the trials' column picker
+    assert {k: v for k, v in run.data.tags.items() if k.startswith("prefect_hpo.")} == {
+        "prefect_hpo.role": "experiment",
+        "prefect_hpo.experiment": tracker.experiment_name,
+        "prefect_hpo.algorithm": "gp",
+        "prefect_hpo.seed": "7",
+        "prefect_hpo.budget.trials": "20",
+        "prefect_hpo.budget.max_parallel": "2",
+        "prefect_hpo.objective.val_loss": "minimize",
+        "prefect_hpo.objective.accuracy": "maximize",
     }
     assert {a.path for a in client.list_artifacts(parent)} == {"spec.json", "search_space.json"}
     assert tracker.load_spec(parent) == SPEC
@@ -104,13 +101,47 @@ def test_trial_run_is_nested_with_typed_params(tracker: MlflowTracker, client: M
     assert run.data.params["hidden"] == "64"
     assert len(run.data.params["long"]) <= 6000  # truncated to MLflow's limit, not rejected
     [record] = tracker.trial_records(parent)
-    assert record.params == params  # typed and whole, from the tag
+    assert record.params == params  # typed and whole, from the tag (the long string would not round-trip)
     assert type(record.params["hidden"]) is int and record.params["dropout"] is True
+
+
+def test_plain_params_have_no_json_tag_and_come_back_typed_by_the_space(tracker: MlflowTracker, client: MlflowClient) -> None:
+    space = SearchSpace.parse([
+        {"name": "lr", "type": "range", "bounds": [1e-4, 0.1], "log_scale": True},
+        {"name": "hidden", "type": "range", "bounds": [8, 128], "value_type": "int"},
+        {"name": "optimizer", "type": "choice", "values": ["adam", "sgd"]},
+        {"name": "dropout", "type": "choice", "values": [True, False]},
+        {"name": "width", "type": "choice", "values": [1, 2.5, "wide"]},
+        {"name": "epochs", "type": "fixed", "value": 10},
+    ])
+    parent = tracker.start_experiment_run(SPEC, SPACE)
+    params = {"lr": 0.0012345678901234567, "hidden": 64, "optimizer": "sgd", "dropout": False, "width": 2.5, "epochs": 10}
+    run_id = tracker.start_trial_run(parent, 0, params, "sobol")
+    tracker.finish_trial_run(run_id, status="completed", values={"val_loss": 0.25})
+
+    run = client.get_run(run_id)
+    assert "prefect_hpo.params" not in run.data.tags and "prefect_hpo.values" not in run.data.tags
+    assert "prefect_hpo.failure_reason" not in run.data.tags
+    [record] = tracker.trial_records(parent, space=space, metric_names=["val_loss"])
+    assert record.params == params and record.values == {"val_loss": 0.25}
+    assert [type(record.params[k]) for k in ("lr", "hidden", "dropout", "width")] == [float, int, bool, float]
+    assert tracker.trial_records(parent) == []  # without the space the params are unreadable: skipped
+
+
+def test_values_tag_kept_when_the_metrics_would_not_give_them_back(tracker: MlflowTracker, client: MlflowClient) -> None:
+    parent = tracker.start_experiment_run(SPEC, SPACE)
+    run_id = tracker.start_trial_run(parent, 0, {"lr": 0.01}, "gp")
+    # the last report has an earlier step than another: MLflow's latest val_loss is 0.9, not 0.5
+    tracker.log_reports(run_id, [Report(step=3, metrics={"val_loss": 0.9}), Report(step=1, metrics={"val_loss": 0.5})])
+    tracker.finish_trial_run(run_id, status="completed", values={"val_loss": 0.5})
+    assert client.get_run(run_id).data.tags["prefect_hpo.values"] == '{"val_loss":0.5}'
+    [record] = tracker.trial_records(parent, space=SearchSpace.parse(SPACE))
+    assert record.values == {"val_loss": 0.5}
 
 
 def test_params_too_long_for_a_tag_round_trip_through_an_artifact(tracker: MlflowTracker) -> None:
     parent = tracker.start_experiment_run(SPEC, SPACE)
-    params = {f"layer_{i}": "conv3x3-" * 20 for i in range(60)}  # ~10 kB of JSON
+    params = {f"layer_{i}": "conv3x3-" * 800 for i in range(2)}  # over the param limit, ~13 kB of JSON
     tracker.start_trial_run(parent, 0, params, "random")
     [record] = tracker.trial_records(parent)
     assert record.params == params
@@ -145,7 +176,7 @@ def test_non_finite_values_and_odd_names_do_not_crash(tracker: MlflowTracker, cl
     assert metrics["val loss _"] == 1.0
 
     tracker.finish_trial_run(run_id, status="failed", values={"val_loss": math.nan}, failure_reason="objective is NaN")
-    [record] = tracker.trial_records(parent)
+    [record] = tracker.trial_records(parent, space=SearchSpace.parse(SPACE))
     assert record.status == "failed"
     assert record.values is not None and math.isnan(record.values["val_loss"])  # exact, from the JSON tag
 
@@ -169,7 +200,7 @@ def test_finish_trial_run_sets_status_reason_state_and_uploads_the_log(
     assert run.info.status == "FINISHED" and run.info.end_time is not None
     assert run.data.tags["prefect_hpo.status"] == "completed"
     assert run.data.tags["prefect_hpo.attempt"] == "2"
-    assert run.data.tags["prefect_hpo.failure_reason"] == ""
+    assert "prefect_hpo.failure_reason" not in run.data.tags  # no empty tags
     # val_loss was already the last report: not logged again; accuracy was never reported: logged once.
     assert [(m.step, m.value) for m in client.get_metric_history(ok, "val_loss")] == [(0, 0.5), (1, 0.4)]
     assert [(m.step, m.value) for m in client.get_metric_history(ok, "accuracy")] == [(2, 0.93)]
@@ -233,7 +264,7 @@ def test_trial_records_rebuild_an_experiment(tracker: MlflowTracker, client: Mlf
     tracker.finish_trial_run(r0, status="completed", values={"val_loss": 0.3, "accuracy": 0.9})
     tracker.finish_trial_run(r1, status="failed", failure_reason="Traceback: ValueError", attempt=2)
 
-    records = tracker.trial_records(parent)
+    records = tracker.trial_records(parent, space=_SPACE2)
     assert records == [
         TrialRecord(0, r0, {"lr": 0.01, "units": 8}, "sobol", "completed", {"val_loss": 0.3, "accuracy": 0.9}, None, 1),
         TrialRecord(1, r1, {"lr": 0.02, "units": 16}, "sobol", "failed", None, "Traceback: ValueError", 2),
@@ -247,15 +278,8 @@ def test_trial_records_rebuild_an_experiment(tracker: MlflowTracker, client: Mlf
         assert tracker.trial_run_ids(parent)[1] == dup
     assert "trial 1 has two runs" in caplog.text
 
-    tracker.log_experiment_summary(
-        parent, best_params={"lr": 0.01, "units": 8}, best_values={"val_loss": 0.3}, counts={"completed": 1, "failed": 1}
-    )
     tracker.finish_experiment_run(parent)
-    run = client.get_run(parent)
-    assert run.info.status == "FINISHED"
-    assert run.data.metrics == {"best/val_loss": 0.3, "trials/completed": 1.0, "trials/failed": 1.0}
-    assert run.data.tags["prefect_hpo.best_params"] == '{"lr":0.01,"units":8}'
-    assert [m.step for m in client.get_metric_history(parent, "best/val_loss")] == [2]
+    assert client.get_run(parent).info.status == "FINISHED"
 
 
 def test_trial_records_paginate(tracker: MlflowTracker, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -309,7 +333,7 @@ def test_concurrent_trials(tracker: MlflowTracker) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    assert [r.status for r in tracker.trial_records(parent)] == ["completed"] * 8
+    assert [r.status for r in tracker.trial_records(parent, space=SearchSpace.parse([{"name": "i", "type": "range", "bounds": [0, 8], "value_type": "int"}]))] == ["completed"] * 8
 
 
 def test_per_trial_cost(tracker: MlflowTracker, tmp_path: Path) -> None:
@@ -378,3 +402,21 @@ def test_sqlite_database_is_switched_to_wal(tmp_path: Path) -> None:
     junk.write_text("this is not a database, " * 100)
     with pytest.raises(StorageError, match="not a usable SQLite database"):
         MlflowTracker(f"sqlite:///{junk}", "x")
+
+
+def test_a_retry_that_completes_loses_the_failure_reason(tracker: MlflowTracker, client: MlflowClient) -> None:
+    parent = tracker.start_experiment_run(SPEC, SPACE)
+    run_id = tracker.start_trial_run(parent, 0, {"lr": 0.01}, "gp")
+    tracker.finish_trial_run(run_id, status="failed", failure_reason="OOM")
+    tracker.mark_trial_status(run_id, "running", attempt=2)
+    tracker.mark_trial_status(run_id, "pending", reason="")  # an empty reason is no reason: no tag
+    assert client.get_run(run_id).data.tags["prefect_hpo.failure_reason"] == "OOM"  # the retry keeps it meanwhile
+    tracker.finish_trial_run(run_id, status="completed", values={"val_loss": 0.1}, attempt=2)
+    tags = client.get_run(run_id).data.tags
+    assert "prefect_hpo.failure_reason" not in tags
+    assert tags["prefect_hpo.values"] == '{"val_loss":0.1}'  # a retry keeps the exact values
+
+    tracker.set_flow_run("run-2", None)
+    again = tracker.start_trial_run(parent, 0, {"lr": 0.01}, "gp", attempt=3, search_existing=True)
+    assert again == run_id and client.get_run(run_id).data.tags["prefect_hpo.flow_run_id"] == "run-2"
+    assert "prefect_hpo.flow_run_url" not in client.get_run(tracker.start_trial_run(parent, 1, {"lr": 0.02}, "gp")).data.tags

@@ -1,7 +1,8 @@
-"""The loop of an HPO flow: open (or resume) an experiment, keep trials running, finish it.
+"""Around an HPO flow's loop: open (or resume) an experiment, and finish and close it.
 
-Everything that does work is a task (:mod:`prefect_hpo.tasks`); this module only decides what
-runs next, so the optimizer stays usable without Prefect and the flow stays a thin sequence.
+Opening takes the lease, loads the state (checkpoint, else MLflow, else new), picks the
+launcher and reconciles trials left by an earlier flow run; the loop itself is
+:func:`prefect_hpo.flows.hpo.run_trials`, its steps :mod:`prefect_hpo.flows.loop`.
 """
 
 from __future__ import annotations
@@ -14,37 +15,31 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from prefect_hpo.errors import ExperimentNotFoundError, SearchSpaceExhaustedError, SpecError, StorageError
+from prefect_hpo.flows.artifacts import prefect_flow_run_url
+from prefect_hpo.errors import ExperimentNotFoundError, PrefectHPOError, SpecError, StorageError
 from prefect_hpo.flows.pareto_plot import render_pareto_png
-from prefect_hpo.flows.progress import Progress, notify
+from prefect_hpo.flows.superseded import current_flow_run_id, mark_superseded
 from prefect_hpo.launchers.base import Launcher, handle_kind
 from prefect_hpo.launchers.inprocess import InProcessLauncher
-from prefect_hpo.launchers.local import LocalProcessLauncher
+from prefect_hpo.launchers.local import LocalProcessLauncher, check_cwd
 from prefect_hpo.launchers.work_pool import WorkPoolLauncher
 from prefect_hpo.optim.outcome import experiment_outcome
 from prefect_hpo.optim.stopping import StoppingPolicy
 from prefect_hpo.optim.trials import Trial, TrialStatus
-from prefect_hpo.spec import DEFAULT_STORAGE, IN_PROCESS, ExperimentSpec, load_spec
+from prefect_hpo.spec import DEFAULT_STORAGE, IN_PROCESS, ExperimentSpec, check_runnable, load_spec
 from prefect_hpo.storage.checkpoint import CheckpointStore, open_store
 from prefect_hpo.storage.recovery import _search_part, rebuild_from_mlflow
 from prefect_hpo.storage.state import ExperimentState
 from prefect_hpo.storage.tracking import MlflowTracker
 from prefect_hpo.tenancy import caller_tenant, check_owner, mlflow_experiment_name, resolve_tenant, scoped_storage
-from prefect_hpo.tasks import (
-    HPORuntime,
-    checkpoint,
-    decide_stop,
-    launch_trial,
-    poll_trials,
-    report_trials,
-)
+from prefect_hpo.tasks import HPORuntime
 from prefect_hpo.tasks.checkpoint import write_checkpoint
+from prefect_hpo.tasks.dashboard import update_dashboard
 from prefect_hpo.tasks.launch import HANDLE_FILE
-from prefect_hpo.tasks.report import close_trial_run
-from prefect_hpo.tasks.suggest import run_suggest_step
-from prefect_hpo.tasks.runtime import best_or_none, describe_values
+from prefect_hpo.tasks.report import close_tracking, repair_tracking
+from prefect_hpo.storage.trial_run import run_of
 
-__all__ = ["check_access", "open_runtime", "drive", "finish", "trials_dir_for", "close_runtime"]
+__all__ = ["check_access", "open_runtime", "finish", "trials_dir_for", "close_runtime"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +82,8 @@ def open_runtime(
     another tenant is refused (:mod:`prefect_hpo.tenancy`).
     """
     given = load_spec(spec) if spec is not None else None
+    if given is not None:
+        check_runnable(given)  # what would fail later, refused before a lease, database or folder exists
     caller = caller_tenant(tenant)
     owner = resolve_tenant(given.tenant if given is not None else None, caller)
     if given is not None and given.tenant != owner:
@@ -106,14 +103,21 @@ def open_runtime(
         state, resuming = _load_state(store, exp_name, given, resume, owner)
         if given is not None and given.storage != storage_uri:
             state.spec = state.spec.model_copy(update={"storage": storage_uri})
-        tracker = MlflowTracker(state.spec.tracking_uri or state.tracking_uri, mlflow_experiment_name(exp_name, owner))
+        tracker = MlflowTracker(  # background: an MLflow outage queues writes instead of stalling the loop
+            state.spec.tracking_uri or state.tracking_uri, mlflow_experiment_name(exp_name, owner), background=True
+        )
         launcher = launcher or _launcher_for(state.spec, tracker, state.experiment.metric_names)
         launcher.free_slots(state.spec.trial.gpus_per_trial)  # refuses impossible GPU requests before anything is written
         state.tracking_uri = tracker.tracking_uri
-        if state.parent_run_id is None:
-            state.parent_run_id = (tracker.find_experiment_run() if resuming else None) or tracker.start_experiment_run(
-                state.spec.to_dict(), state.experiment.space.to_list()
-            )
+        state.driver_runs += 1
+        previous_flow_run, state.flow_run_id = state.flow_run_id, current_flow_run_id()
+        tracker.set_flow_run(state.flow_run_id, prefect_flow_run_url(state.flow_run_id))
+        parent = state.parent_run_id or (tracker.find_experiment_run() if resuming else None)
+        if parent is None:
+            parent = tracker.start_experiment_run(state.spec.to_dict(), state.experiment.space.to_list())
+        else:  # resumed: the parent now belongs to this flow run (queued, like every view write)
+            tracker.tag_run(parent, tracker.flow_run_tags, "tag the experiment run with this flow run")
+        state.parent_run_id = parent
         runtime = HPORuntime(
             state=state,
             store=store,
@@ -126,6 +130,9 @@ def open_runtime(
         )
         if resuming:
             _reconcile(runtime)
+            if previous_flow_run and previous_flow_run != state.flow_run_id:
+                mark_superseded(previous_flow_run, state.flow_run_id, exp_name)  # we hold the lease: it is gone
+            repair_tracking(runtime)  # what an earlier MLflow outage left, repaired in the background
         lease.renew()  # also proves the lease is still ours before the first write
         write_checkpoint(runtime)
         return runtime
@@ -179,6 +186,7 @@ def _launcher_for(spec: ExperimentSpec, tracker: MlflowTracker, metric_names: Se
             "which a checkpoint cannot hold; resume from Python: hpo_flow(spec={..., 'trial': {'callable': "
             "the_function}}, resume=True)"
         )
+    check_cwd(trial.cwd)  # local trials run here: a missing cwd is refused before any starts
     return LocalProcessLauncher(gpus=trial.gpus)
 
 
@@ -199,16 +207,22 @@ def _load_state(
             state.spec = given
         return state, True
     tracker_uri = given.tracking_uri if given is not None else None
-    if resume or given is None:
-        rebuilt = rebuild_from_mlflow(MlflowTracker(tracker_uri, mlflow_experiment_name(name, tenant)), given)
-        if rebuilt is not None:
-            return rebuilt, True
-        if given is None:
-            raise ExperimentNotFoundError(
-                f"experiment {name!r}: no checkpoint at {store.location(name)} and no MLflow record; "
-                "check the name and --storage, or start it with `prefect-hpo run SPEC`"
-            )
-    assert given is not None
+    # `run SPEC` too: a parent run without a checkpoint (a flow killed before its first one, or a
+    # lost checkpoint) is continued, not joined by a second parent run that stays RUNNING forever
+    try:
+        rebuilt = rebuild_from_mlflow(MlflowTracker(tracker_uri, mlflow_experiment_name(name, tenant)), given, name=name)
+    except StorageError as exc:
+        if resume or given is None:
+            raise
+        logger.warning("experiment %r: MLflow could not be searched for an earlier run (%s); starting it anew", name, exc)
+        rebuilt = None
+    if rebuilt is not None:
+        return rebuilt, True
+    if given is None:
+        raise ExperimentNotFoundError(
+            f"experiment {name!r}: no checkpoint at {store.location(name)} and no MLflow record; "
+            "check the name and --storage, or start it with `prefect-hpo run SPEC`"
+        )
     return ExperimentState(given, given.build_experiment()), False
 
 
@@ -222,15 +236,15 @@ def _reconcile(runtime: HPORuntime) -> None:
     for trial in runtime.experiment.trials:
         if not trial.status.in_flight:
             continue
-        handle = trial.metadata.get("handle")
+        handle = run_of(trial).handle
         if handle is None:
             handle = _adopt_unrecorded_launch(runtime, trial)
         if handle is None:
             continue
         if runtime.launcher.reattach(handle):
-            logger.info("trial %d: re-attached to its running process", trial.index)
+            trial_log().info("trial %d: re-attached to its running process", trial.index)
         # the first poll after a re-attach returns the whole log again; skip what is known
-        trial.metadata["replayed"] = len(trial.metadata.get("history", []))
+        run_of(trial).expect_replay()
 
 
 def _check_launcher_kind(runtime: HPORuntime) -> None:
@@ -244,14 +258,14 @@ def _check_launcher_kind(runtime: HPORuntime) -> None:
         return
     stranded: dict[str, list[int]] = {}
     for trial in runtime.experiment.trials:
-        handle = trial.metadata.get("handle")
+        handle = run_of(trial).handle
         if not trial.status.in_flight or handle is None or handle_kind(handle) == kind:
             continue
         old = handle_kind(handle)
         if old in _DIES_WITH_FLOW:
             logger.warning("trial %d: its %s attempt ended with the previous flow; it runs again on the %s launcher",
                            trial.index, old, kind)
-            trial.metadata["handle"] = None
+            run_of(trial).handle = None
         else:
             stranded.setdefault(old, []).append(trial.index)
     if stranded:
@@ -267,7 +281,8 @@ def _check_launcher_kind(runtime: HPORuntime) -> None:
 def _adopt_unrecorded_launch(runtime: HPORuntime, trial: Trial) -> dict[str, Any] | None:
     """A launch the checkpoint missed (the flow died between starting the process and writing
     the checkpoint) left its handle in the attempt folder: adopt it instead of launching again."""
-    attempt = int(trial.metadata.get("attempt", 0)) + 1
+    run = run_of(trial)
+    attempt = run.next_attempt
     path = runtime.attempt_dir(trial.index, attempt) / HANDLE_FILE
     if not path.exists():
         return None
@@ -275,7 +290,7 @@ def _adopt_unrecorded_launch(runtime: HPORuntime, trial: Trial) -> dict[str, Any
     logger.warning("trial %d: adopting attempt %d, launched just before the previous flow stopped", trial.index, attempt)
     if trial.status is TrialStatus.PENDING:
         runtime.experiment.mark_running(trial.index)
-    run_id = trial.metadata.get("run_id")
+    run_id = run.run_id
     if run_id is None:
         try:
             run_id = runtime.tracker.start_trial_run(
@@ -283,119 +298,33 @@ def _adopt_unrecorded_launch(runtime: HPORuntime, trial: Trial) -> dict[str, Any
             )
         except StorageError as exc:
             logger.warning("trial %d: MLflow run not found: %s", trial.index, exc)
-    trial.metadata.update({"attempt": attempt, "handle": handle, "run_id": run_id, "history": []})
+    run.start_attempt(attempt, run_id, handle)
     return handle
 
 
-def drive(runtime: HPORuntime) -> None:
-    """Keep up to ``max_parallel`` trials running until the budget is spent and all have ended."""
-    exp, spec = runtime.experiment, runtime.spec
-    budget, gpus = spec.budget, spec.trial.gpus_per_trial
-    waiting = [t.index for t in exp.trials if t.status.in_flight and t.metadata.get("handle") is None]
-    exhausted = False
-    dirty = False
-    while True:
-        launched = _launched(runtime)
-        if launched:
-            updates = poll_trials(runtime, launched)
-            if updates:
-                outcomes = report_trials(runtime, updates)
-                waiting.extend(o.index for o in outcomes if o.status == "retry")
-                ended = [o for o in outcomes if o.status != "retry"]
-                for k, outcome in enumerate(ended):
-                    detail = f": {outcome.reason}" if outcome.reason else f" ({describe_values(exp.trial(outcome.index).values)})"
-                    # announce one at a time: trials settled later in this batch are not counted yet
-                    _notify(runtime, f"trial {outcome.index} {outcome.status}{detail}", later=[o.index for o in ended[k + 1:]])
-                dirty = True
-                for decision in decide_stop(runtime):  # kills them; their slots are free below
-                    close_trial_run(runtime, decision.index)
-                    _notify(runtime, f"trial {decision.index} stopped early ({decision.reason})")
-        if runtime.wall_time_spent():
-            for index in waiting:
-                exp.abandon(index, "the wall-clock budget was spent before it could start")
-                close_trial_run(runtime, index)
-                dirty = True
-            waiting = []
-        elif not exhausted:
-            in_flight = len(_launched(runtime)) + len(waiting)
-            n = min(budget.max_parallel - in_flight, budget.trials - len(exp.trials))
-            slots = runtime.launcher.free_slots(gpus)
-            if slots is not None:
-                n = min(n, slots - len(waiting))
-            if n > 0:
-                try:
-                    waiting.extend(run_suggest_step(runtime, n))
-                except SearchSpaceExhaustedError as exc:
-                    logger.warning("%s: no new trials: %s", spec.name, exc)
-                    exhausted = True
-                dirty = True
-        if waiting:
-            if dirty:  # suggestions are on record before any process exists
-                checkpoint(runtime)
-            slots = runtime.launcher.free_slots(gpus)
-            count = len(waiting) if slots is None else min(len(waiting), slots)
-            for index in waiting[:count]:
-                if launch_trial(runtime, index) is None:
-                    close_trial_run(runtime, index)
-                    _notify(runtime, f"trial {index} failed: {exp.trial(index).failure_reason}")
-            waiting = waiting[count:]
-            dirty = True
-        if dirty:
-            checkpoint(runtime)
-            dirty = False
-        if not any(t.status.in_flight for t in exp.trials) and (
-            exhausted or len(exp.trials) >= budget.trials or runtime.wall_time_spent()
-        ):
-            return
-        handles = [exp.trial(i).metadata["handle"] for i in _launched(runtime)]
-        runtime.launcher.wait_any(handles, spec.trial.poll_interval_s)
+def trial_log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """Where per-trial events are logged: the flow run's logger inside a flow run (they reach the
+    Prefect UI's Logs tab, one line per event that matters), this module's logger outside one."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
 
-
-def _launched(runtime: HPORuntime) -> list[int]:
-    return [
-        t.index for t in runtime.experiment.trials
-        if t.status is TrialStatus.RUNNING and t.metadata.get("handle") is not None
-    ]
-
-
-def _notify(runtime: HPORuntime, event: str, later: Sequence[int] = ()) -> None:
-    exp = runtime.experiment
-    counts = {s: 0 for s in TrialStatus}
-    for t in exp.trials:
-        counts[TrialStatus.RUNNING if t.index in later else t.status] += 1
-    best = best_or_none(exp)
-    best_index, best_values = (best.index, best.values) if best is not None else (None, None)
-    logger.info("%s: %s", exp.name, event)
-    notify(
-        Progress(
-            name=exp.name,
-            budget=runtime.spec.budget.trials,
-            completed=counts[TrialStatus.COMPLETED],
-            failed=counts[TrialStatus.FAILED] + counts[TrialStatus.ABANDONED],
-            running=counts[TrialStatus.RUNNING] + counts[TrialStatus.PENDING],
-            best_index=best_index,
-            best_values=best_values,
-            event=event,
-            stopped=counts[TrialStatus.EARLY_STOPPED],
-        )
-    )
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logger
 
 
 def finish(runtime: HPORuntime) -> dict[str, Any] | None:
     """Record the outcome in MLflow and return it (see :func:`experiment_outcome`): the best
-    trial, or for several objectives the Pareto front, whose plot goes to the parent run."""
+    trial, or for several objectives the Pareto front, whose plot goes to the parent run.
+
+    The dashboard's final update is queued here; :func:`close_tracking` repeats its best-trial
+    tags after the reconciliation, for a trial whose run only that creates."""
     exp = runtime.experiment
     outcome = experiment_outcome(exp)
-    best = outcome if outcome is not None and "pareto_front" not in outcome else None
-    counts: dict[str, int] = {}
-    for t in exp.trials:
-        counts[t.status.value] = counts.get(t.status.value, 0) + 1
     parent = runtime.state.parent_run_id
+    update_dashboard(runtime)
     try:
-        runtime.tracker.log_experiment_summary(
-            parent, best_params=best and best["params"], best_values=best and best["values"], counts=counts,
-            hypervolume=outcome["hypervolume"] if outcome is not None and best is None else None,
-        )
         if exp.is_multi_objective:
             _log_pareto(runtime, outcome)
         runtime.tracker.finish_experiment_run(parent, "FINISHED")
@@ -417,12 +346,36 @@ def _log_pareto(runtime: HPORuntime, outcome: dict[str, Any] | None) -> None:
             runtime.tracker.log_experiment_file(parent, doc)
 
 
-def close_runtime(runtime: HPORuntime, *, write: bool = True) -> None:
-    """Write the last checkpoint and give the lease back; trial processes are left alone."""
+def close_runtime(runtime: HPORuntime, *, write: bool = True, failure: BaseException | None = None) -> None:
+    """Write the last checkpoint and give the lease back; trial processes are left alone.
+
+    The first error is the one that reaches the user: ``failure`` (what the flow is failing
+    with) stays the one raised, and a failed write is raised rather than the release's error
+    after it; a store that refused one usually refuses the next, and the later error would hide
+    the cause. Errors met after the first are logged."""
+    failed = failure is not None
     try:
+        if write and not runtime.lease.lost:  # while the heartbeat runs: the wait may outlast the lease's TTL
+            close_tracking(runtime)  # MLflow made to match the checkpoint (bounded wait)
+        else:
+            runtime.tracker.close(0)
         runtime.lease.stop_heartbeat()
         if write and not runtime.lease.lost:
             write_checkpoint(runtime)
+    except PrefectHPOError as exc:
+        if failure is None:
+            failed = True
+            raise
+        logger.info("%s: closing after %s: %s", runtime.spec.name, type(failure).__name__, exc)
+    except BaseException:
+        failed = True
+        raise
     finally:
-        runtime.lease.release()
-        runtime.launcher.close()
+        try:
+            runtime.lease.release()
+        except PrefectHPOError as exc:
+            if not failed:
+                raise
+            logger.info("%s: the lease was not released either: %s", runtime.spec.name, exc)
+        finally:
+            runtime.launcher.close()

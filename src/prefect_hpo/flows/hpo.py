@@ -15,12 +15,40 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from prefect_hpo.errors import PrefectHPOError, SpecError
-from prefect_hpo.flows.artifacts import publish_artifacts
-from prefect_hpo.flows.driver import close_runtime, drive, finish, open_runtime
+from prefect_hpo.flows.artifacts import LiveArtifacts
+from prefect_hpo.flows.driver import close_runtime, finish, open_runtime
+from prefect_hpo.flows.engine_logs import FLOW_NAME, quiet_engine_lines
+from prefect_hpo.flows.loop import TrialLoop
+from prefect_hpo.flows.progress import add_listener, remove_listener
+from prefect_hpo.flows.trial_spans import TrialSpans
 from prefect_hpo.spec import load_spec
-from prefect_hpo.tasks.runtime import describe_values
+from prefect_hpo.tasks.runtime import HPORuntime, describe_values, running
 
-__all__ = ["hpo_flow"]
+__all__ = ["hpo_flow", "run_trials"]
+
+
+def run_trials(runtime: HPORuntime, spans: TrialSpans) -> None:
+    """The experiment's loop: keep up to ``max_parallel`` trials running until the budget (trials
+    or wall-clock time) or the search space is spent and every trial has ended.
+
+    Each step is a task run only when it does something (:mod:`prefect_hpo.flows.loop`); every
+    trial is one task run of its own, ``trial-0007``, from launch to result.
+    """
+    loop = TrialLoop(runtime, spans)
+    with running(runtime):  # the tasks find the runtime here; their arguments are indexes and news
+        while True:
+            news = loop.poll()  # reports and ends of running trials (no task run: most polls find nothing)
+            loop.report(news)  # trials whose attempt ended: told to the optimizer, or re-run
+            loop.decide_stop(news)  # the stopping policy on new reports; kills free their slots
+            if loop.out_of_time():
+                loop.abandon_waiting()
+            else:
+                loop.suggest()  # new trials for the free slots, checkpointed before they launch
+            loop.launch()  # one task per trial started
+            loop.save()  # the checkpoint, if this pass changed anything not yet written
+            if loop.done():
+                return
+            loop.wait_for_news()  # until a log grows or a trial exits, at most poll_interval_s
 
 
 def _with_suffix(spec: dict[str, Any] | str | None, suffix: str) -> dict[str, Any]:
@@ -47,7 +75,7 @@ def _run_name() -> str:
     return "hpo"
 
 
-@flow(name="prefect-hpo", flow_run_name=_run_name, log_prints=False)
+@flow(name=FLOW_NAME, flow_run_name=_run_name, log_prints=False)
 def hpo_flow(
     spec: dict[str, Any] | str | None = None,
     resume: bool = False,
@@ -71,6 +99,7 @@ def hpo_flow(
     caller's tenant; see :mod:`prefect_hpo.tenancy`.
     """
     log = get_run_logger()
+    quiet_engine_lines()
     if name_suffix:
         spec = _with_suffix(spec, name_suffix)
     runtime = open_runtime(spec, resume=resume, name=name, storage=storage, lease_wait_s=lease_wait_s, tenant=tenant)
@@ -80,14 +109,24 @@ def hpo_flow(
         exp.name, len(exp.trials), runtime.spec.budget.trials, runtime.store.location(exp.name),
         runtime.tracker.tracking_uri, runtime.state.parent_run_id,
     )
+    live = LiveArtifacts(exp, runtime.tracker.tracking_uri, runtime.state.parent_run_id, runtime.tracker.experiment_id)
+    live.start(runtime.spec.budget.trials)
+    add_listener(live)
+    spans = TrialSpans()
     clean = False
+    failure: BaseException | None = None
     try:
-        drive(runtime)
+        run_trials(runtime, spans)
         best = finish(runtime)
         clean = True
+    except BaseException as exc:
+        failure = exc  # what closing meets after it is logged, so this stays the error raised
+        raise
     finally:
-        close_runtime(runtime, write=True)
-    publish_artifacts(exp, best, runtime.tracker.tracking_uri, runtime.state.parent_run_id)
+        spans.close()  # trials still running (the flow failed or was cancelled) end as detached
+        remove_listener(live)
+        close_runtime(runtime, write=True, failure=failure)
+    live.publish(best)
     if best is None:
         log.warning("experiment %r: no trial completed", exp.name)
     elif "pareto_front" in best:

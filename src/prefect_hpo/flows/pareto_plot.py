@@ -2,7 +2,8 @@
 
 A trade-off is read from a picture, not a table: every completed trial as a point, the
 non-dominated ones joined as a staircase, the reference point the hypervolume is measured from,
-and infeasible trials (outcome constraints broken) crossed out. With three or more objectives
+infeasible trials (outcome constraints broken) crossed out, and trials that miss an objective's
+threshold drawn hollow beside the threshold lines (they are not on the front). With three or more objectives
 the first two are plotted and the title says so; the Pareto front itself is computed over all of
 them. matplotlib is used headless (the Agg backend), so no display is needed.
 """
@@ -36,11 +37,20 @@ def render_pareto_png(exp: Experiment, path: Path) -> Path | None:
     x_name, y_name = list(exp.objectives)[:2]
     front = exp.pareto_front()
     on_front = {t.index for t in front}
-    feasible = [t for t in done if getattr(t, "feasible", None) is not False]
+    outside = {t.index for t in exp.outside_thresholds()}
+    feasible = [t for t in done if getattr(t, "feasible", None) is not False and t.index not in outside]
     infeasible = [t for t in done if getattr(t, "feasible", None) is False]
+    missed = [t for t in done if t.index in outside]
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=110)
     others = [t for t in feasible if t.index not in on_front]
+    if missed:
+        ax.scatter([t.values[x_name] for t in missed], [t.values[y_name] for t in missed],  # type: ignore[index]
+                   s=22, facecolors="none", edgecolors="#9aa5b1", label=f"outside thresholds ({len(missed)})")
+    for name, draw in ((x_name, ax.axvline), (y_name, ax.axhline)):
+        if name in exp.objective_thresholds:
+            draw(exp.objective_thresholds[name], color="#e3a008", linestyle="--", linewidth=0.9,
+                 label=f"{name} threshold {exp.objective_thresholds[name]:g}")
     ax.scatter([t.values[x_name] for t in others], [t.values[y_name] for t in others],  # type: ignore[index]
                s=22, color="#9aa5b1", label=f"trials ({len(others)})")
     if infeasible:

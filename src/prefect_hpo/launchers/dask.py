@@ -32,8 +32,8 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-from prefect_hpo.errors import SpecError, StorageError
-from prefect_hpo.flows.trial import attempt_parameters, run_attempt
+from prefect_hpo.errors import SpecError, StorageError, TrialError
+from prefect_hpo.launchers.remote_attempt import attempt_parameters, run_attempt
 from prefect_hpo.launchers.base import Launcher, LaunchRequest, PollResult, TrialState
 from prefect_hpo.launchers.mlflow_curves import MlflowCurveReader
 from prefect_hpo.spec import DaskSpec
@@ -97,6 +97,20 @@ def _outside_task_run(submit: Callable[[], Any]) -> Any:
     return ctx.run(call)
 
 
+def flow_api_url() -> str:
+    """The Prefect API this process talks to: the configured one, else the temporary server that
+    Prefect started for it (a client names its URL)."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if url:
+        return str(url)
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return str(client.api_url)
+
+
 class DaskLauncher(Launcher):
     """Submits attempts as ``run_trial`` tasks to a DaskTaskRunner; see the module docstring."""
 
@@ -111,10 +125,21 @@ class DaskLauncher(Launcher):
             raise SpecError("dask: needs prefect-dask; `pip install 'prefect-hpo[dask]'`") from None
         if dask.address:
             self.runner = DaskTaskRunner(address=dask.address)
+            api = flow_api_url()
+            if "127.0.0.1" in api or "localhost" in api:
+                logger.warning(
+                    "trial.dask.address: this flow's Prefect API is %s, which workers of a remote Dask cluster "
+                    "cannot reach; start them with PREFECT_API_URL set to a server they can reach (a worker "
+                    "without one boots a temporary server of its own for every task)", api,
+                )
         else:
             cluster = {"n_workers": dask.n_workers, "threads_per_worker": dask.threads_per_worker, "processes": True}
             if dask.worker_resources:
                 cluster["resources"] = dict(dask.worker_resources)
+            # Each worker runs its trials as Prefect task runs, so it needs an API; without one it
+            # boots a temporary server of its own (seconds each, and a timeout under load), so the
+            # workers are pointed at the flow's own API, the temporary one included.
+            cluster["env"] = {"PREFECT_API_URL": flow_api_url()}
             self.runner = DaskTaskRunner(cluster_kwargs=cluster)
         self.dask = dask
         self.concurrency_limit = dask.concurrency_limit
@@ -143,8 +168,11 @@ class DaskLauncher(Launcher):
         if needs and not self._gpu_checked:
             self._gpu_checked = True
             self._warn_if_no_worker_has(resource, request.gpus_per_trial)  # type: ignore[arg-type]
-        with dask_annotate(**needs):
-            future = _outside_task_run(lambda: self.runner.submit(run_trial, parameters=parameters))
+        try:
+            with dask_annotate(**needs):
+                future = _outside_task_run(lambda: self.runner.submit(run_trial, parameters=parameters))
+        except Exception as exc:  # noqa: BLE001 - e.g. the scheduler went away: this attempt could not start
+            raise TrialError(f"the Dask cluster did not take the trial: {type(exc).__name__}: {exc}") from exc
         key = str(future.task_run_id)
         self._futures[key] = future
         return {"kind": KIND, "task_run_id": key, "run_id": request.env.get("MLFLOW_RUN_ID"), "index": request.index,
@@ -182,7 +210,12 @@ class DaskLauncher(Launcher):
             return PollResult(TrialState.RUNNING, reports, tracked=True)
         else:
             # the state the task returned, not the API's view (task states reach the API by events, later)
-            state = future.wrapped_future.result()
+            try:
+                state = future.wrapped_future.result()
+            except Exception as exc:  # noqa: BLE001 - the worker's side failed: this trial fails, not the flow
+                reason = f"the Dask worker could not run the trial: {type(exc).__name__}: {exc}"
+                self._final[key] = PollResult(TrialState.FAILED, reports, reason[:2000], None, tracked=True)
+                return self._final[key]
             if state.is_completed():
                 result = PollResult(TrialState.SUCCEEDED, reports, None, 0, tracked=True)
             else:

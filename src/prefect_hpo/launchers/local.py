@@ -2,18 +2,32 @@
 
 Each attempt runs as ``/bin/sh -c <command>`` inside a small wrapper shell that is the leader of
 a new session (so the whole process group can be signalled, and the trial survives the flow's
-death). The wrapper writes the command's exit status to ``<workdir>/exit_code`` (atomically, via
-a rename), because a restarted flow is no longer the parent and could not learn it otherwise:
-with the file, "finished with code N" and "died without a trace" stay distinguishable.
+death). The wrapper writes the command's exit status to a file (atomically, via a rename),
+because a restarted flow is no longer the parent and could not learn it otherwise: with the
+file, "finished with code N" and "died without a trace" stay distinguishable. While the flow is
+the parent, the wrapper's own exit status is the truth and the file is only checked against it.
 
-Files in an attempt's workdir:
+Files in an attempt's workdir (``$PREFECT_HPO_WORKDIR``):
 
 * ``output.log``: the trial's stdout and stderr (appended; the handle remembers where this
   attempt's output starts).
-* ``exit_code``: the command's exit status, written by the wrapper when the command ends
-  (``128 + N`` when it was killed by signal N, as shells report it).
-* ``killed``: the reason, written by :meth:`LocalProcessLauncher.kill` before it signals, so a
-  restarted flow still reports "timed out after 2 s" instead of "killed by signal 15".
+* ``.launcher-<token>/`` (the handle's ``status_dir``; the trial is not told its name, so a trial
+  writing ``exit_code`` into its own folder cannot fake its outcome):
+
+  * ``exit_code``: the command's exit status, written by the wrapper when the command ends
+    (``128 + N`` when it was killed by signal N, as shells report it).
+  * ``killed``: the reason, written by :meth:`LocalProcessLauncher.kill` before it signals, so a
+    restarted flow still reports "timed out after 2 s" instead of "killed by signal 15".
+
+Handles written before ``status_dir`` existed keep those files in the workdir itself.
+
+Which processes belong to an attempt, and may be signalled: the wrapper only if its identity is
+confirmed (our own child, or a live session leader whose start time and environment, which
+holds the attempt's launch id, match the handle: a handle is data from a checkpoint, and one that
+was tampered with must not get an unrelated process killed); then every process of its session,
+and every process anywhere that carries the launch id in its environment (a ``setsid`` or
+double-forked grandchild leaves the session but keeps the environment). Not covered: a process
+that both leaves the session and clears ``PREFECT_HPO_LAUNCH_ID`` from its environment.
 """
 
 from __future__ import annotations
@@ -21,6 +35,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import threading
@@ -37,7 +53,7 @@ from prefect_hpo.launchers.gpus import GpuPool
 from prefect_hpo.launchers.run_callable import FAILURE_REASON_FILE
 from prefect_hpo.trial import PARAMS_ENV, Report, parse_report_line
 
-__all__ = ["LocalProcessLauncher"]
+__all__ = ["LocalProcessLauncher", "check_cwd"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +61,11 @@ LOG_NAME = "output.log"
 EXIT_NAME = "exit_code"
 KILLED_NAME = "killed"
 LAUNCH_ID_ENV = "PREFECT_HPO_LAUNCH_ID"
+STATUS_PREFIX = ".launcher-"  # the attempt's bookkeeping folder inside its workdir
 
 _WAIT_STEP_S = 0.02  # how often wait_any and kill look again
 _KILL_WAIT_S = 5.0  # after SIGKILL, how long to wait for the group to disappear
+_EXEC_WAIT_S = 1.0  # how long a just-started wrapper may take to finish its exec
 _READ_CHUNK = 4 << 20
 _MAX_LINE = 1 << 20  # a longer line without a newline is log noise, never a report
 _HAS_PROC = os.path.isdir("/proc/self")
@@ -57,7 +75,7 @@ _HAS_PROC = os.path.isdir("/proc/self")
 # SIGTERM that kill() sends to the group, so it can still record the status; traps are reset to
 # the default in the children it starts, so the trial itself still gets SIGTERM. The command and
 # the file name arrive as positional parameters, so no quoting of user text is ever needed.
-_SETTLE_S = 0.5  # how long a finished trial's wrapper may take to exit before leftovers are strays
+_SETTLE_S = 0.5  # how long a finished trial's leftovers may take to exit before they count as strays
 _WRAPPER = (
     "trap : TERM INT HUP\n"
     '/bin/sh -c "$1"\n'
@@ -88,13 +106,34 @@ def _proc_stat(pid: int) -> _ProcStat | None:
         return None
 
 
-def _has_launch_id(pid: int, launch_id: str) -> bool:
-    """Whether a process carries this attempt's id in its environment (defeats pgid reuse)."""
+def _environ_has(pid: int, entry: bytes) -> bool:
+    """Whether a process's environment holds ``entry`` (``NAME=value``), e.g. an attempt's
+    launch id: unlike a pid or a group id, that is never reused by an unrelated process."""
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
+    except OSError:  # gone, or another user's
         return False
-    return f"{LAUNCH_ID_ENV}={launch_id}".encode() in environ.split(b"\0")
+    return entry in environ.split(b"\0")
+
+
+def _in_group(pid: int, pgid: int) -> bool:
+    stat = _proc_stat(pid)
+    return stat is not None and stat.pgrp == pgid
+
+
+def check_cwd(cwd: str | Path | None) -> None:
+    """Refuse a trial working directory that is not a folder on this machine, before any trial
+    starts (else each one fails to start). Only for trials that run here: a work pool's or Dask's
+    trials run elsewhere, where the folder may exist only there."""
+    if cwd is None:
+        return
+    path = Path(cwd)
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is not a directory"
+        where = "" if path.is_absolute() else f" (relative to {os.getcwd()})"
+        raise SpecError(f"trial.cwd: {str(cwd)!r} {what}{where}; create it or fix trial.cwd")
+    if not os.access(path, os.X_OK):
+        raise SpecError(f"trial.cwd: {str(cwd)!r} cannot be entered (no search permission)")
 
 
 def _with_trial_reason(handle: dict[str, Any], reason: str) -> str:
@@ -145,6 +184,7 @@ class LocalProcessLauncher(Launcher):
         self._offsets: dict[str, int] = {}
         self._held: dict[str, list[str]] = {}
         self._final: dict[str, PollResult] = {}
+        self._kill_reasons: dict[str, str] = {}
 
     # -- the Launcher interface ---------------------------------------------------------------
 
@@ -193,11 +233,11 @@ class LocalProcessLauncher(Launcher):
             done = self._final.get(key)
             if done is not None:
                 return PollResult(done.state, [], done.reason, done.exit_code)
-            # Decide "finished" before reading the log, so the read after it sees all output.
-            rc = self._read_exit_file(handle)
-            finished = rc is not None or not self._alive(handle, key)
-            if finished and rc is None:  # it may have written the file just before exiting
-                rc = self._read_exit_file(handle)
+            # Decide "finished" before reading the log, so the read after it sees all output. Only
+            # the wrapper's end counts: an exit_code file while it still runs is not its (the
+            # wrapper writes it last), so a trial cannot end itself early with a forged status.
+            finished = not self._alive(handle, key)
+            rc = self._read_exit_file(handle) if finished else None
             reports, malformed = self._read_reports(handle, key, final=finished)
             if finished:
                 return self._finish(handle, key, reports, rc, malformed)
@@ -225,7 +265,7 @@ class LocalProcessLauncher(Launcher):
         key = self._key(handle)
         with self._lock:
             if key not in self._final and self._read_exit_file(handle) is None and self._alive(handle, key):
-                self._write_kill_reason(handle, reason)
+                self._write_kill_reason(handle, key, reason)
             self._terminate(handle, key, strays_only=False)
             self._release(key)
 
@@ -233,8 +273,8 @@ class LocalProcessLauncher(Launcher):
         """True if the attempt still runs (and re-claims its GPUs), False if it is gone."""
         key = self._key(handle)
         with self._lock:
-            if key in self._final or self._read_exit_file(handle) is not None or not self._alive(handle, key):
-                return False  # finished (the wrapper may linger a moment after writing) or gone
+            if key in self._final or not self._alive(handle, key):
+                return False  # finished or gone (or not this attempt's process: never signalled)
             if key not in self._held and handle.get("gpus"):
                 held: list[str] = []
                 for device in handle["gpus"]:
@@ -294,6 +334,10 @@ class LocalProcessLauncher(Launcher):
         workdir.mkdir(parents=True, exist_ok=True)
         for stale in (EXIT_NAME, EXIT_NAME + ".tmp", KILLED_NAME, KILLED_NAME + ".tmp", FAILURE_REASON_FILE):
             (workdir / stale).unlink(missing_ok=True)
+        for old in workdir.glob(STATUS_PREFIX + "*"):  # an earlier attempt's, in a reused workdir
+            shutil.rmtree(old, ignore_errors=True)
+        status_dir = workdir / f"{STATUS_PREFIX}{secrets.token_hex(8)}"
+        status_dir.mkdir()
         log = workdir / LOG_NAME
         launch_id = uuid.uuid4().hex
 
@@ -317,7 +361,7 @@ class LocalProcessLauncher(Launcher):
             log_start = out.tell()
             try:
                 proc = subprocess.Popen(
-                    ["/bin/sh", "-c", _WRAPPER, "prefect-hpo-trial", request.command, str(workdir / EXIT_NAME)],
+                    ["/bin/sh", "-c", _WRAPPER, "prefect-hpo-trial", request.command, str(status_dir / EXIT_NAME)],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -326,12 +370,13 @@ class LocalProcessLauncher(Launcher):
                     start_new_session=True,
                     close_fds=True,
                 )
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the command or env
+                shutil.rmtree(status_dir, ignore_errors=True)
                 raise TrialError(f"trial {request.index}: cannot start the command ({exc})") from exc
         stat = _proc_stat(proc.pid)  # our unreaped child: readable even if it already exited
         handle: dict[str, Any] = {
             "launcher": "local",
-            "version": 1,
+            "version": 2,
             "launch_id": launch_id,
             "experiment": request.experiment,
             "index": request.index,
@@ -341,6 +386,7 @@ class LocalProcessLauncher(Launcher):
             "pgid": proc.pid,  # session leader, hence also group leader
             "pid_start": stat.start if stat is not None else None,
             "workdir": str(workdir),
+            "status_dir": str(status_dir),
             "log": str(log),
             "log_start": log_start,
             "started_at": started_at,
@@ -369,28 +415,58 @@ class LocalProcessLauncher(Launcher):
                 del self._procs[key]
 
     def _alive(self, handle: dict[str, Any], key: str) -> bool:
-        """Whether the wrapper (the group leader) still runs; a zombie or a reused pid is dead."""
+        """Whether the wrapper (the group leader) still runs and is this attempt's; a zombie, a
+        reused pid or a process the handle merely points at (unconfirmed identity) is not."""
         proc = self._procs.get(key)
         if proc is not None:
             return proc.poll() is None
-        pid = int(handle["pid"])
-        if _HAS_PROC:
-            stat = _proc_stat(pid)
-            if stat is None or stat.state in ("Z", "X", "x"):
-                return False
-            start = handle.get("pid_start")
-            return start is None or stat.start == int(start)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # someone else's process now has that pid
-            return False
-        return True
+        return _HAS_PROC and self._confirmed_leader(handle)
 
     @staticmethod
-    def _read_exit_file(handle: dict[str, Any]) -> int | None:
-        path = Path(handle["workdir"]) / EXIT_NAME
+    def _confirmed_leader(handle: dict[str, Any]) -> bool:
+        """The handle's pid is a live session leader that started when the handle says and carries
+        the handle's launch id: only then is it the attempt's wrapper (a handle is data from a
+        checkpoint, which others may write; without this a forged one gets any process killed)."""
+        try:
+            pid, pgid, start = int(handle["pid"]), int(handle["pgid"]), handle.get("pid_start")
+        except (KeyError, TypeError, ValueError):
+            return False
+        launch_id = handle.get("launch_id")
+        if pid <= 1 or pgid != pid or start is None or not isinstance(launch_id, str) or not launch_id:
+            return False
+        stat = _proc_stat(pid)
+        if stat is None or stat.state in ("Z", "X", "x") or stat.pgrp != pid or stat.session != pid:
+            return False
+        if stat.start != int(start):
+            return False
+        # Popen returns once the child starts its exec, and until the exec is done the new
+        # environment reads as empty: wait for it (only a just-launched wrapper is in that state)
+        deadline = time.monotonic() + _EXEC_WAIT_S
+        while True:
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                return False
+            if environ or time.monotonic() > deadline:
+                return f"{LAUNCH_ID_ENV}={launch_id}".encode() in environ.split(b"\0")
+            time.sleep(0.005)
+
+    def _leader_pid(self, handle: dict[str, Any], key: str) -> int:
+        """The wrapper's pid (also its group's id): our child's own, else the handle's."""
+        proc = self._procs.get(key)
+        if proc is not None:
+            return proc.pid
+        try:
+            return int(handle["pid"])
+        except (KeyError, TypeError, ValueError):  # a damaged handle: no process is its leader
+            return -1
+
+    @staticmethod
+    def _status_dir(handle: dict[str, Any]) -> Path:
+        return Path(handle.get("status_dir") or handle["workdir"])  # older handles: the workdir
+
+    def _read_exit_file(self, handle: dict[str, Any]) -> int | None:
+        path = self._status_dir(handle) / EXIT_NAME
         try:
             text = path.read_text().strip()
         except FileNotFoundError:
@@ -404,19 +480,21 @@ class LocalProcessLauncher(Launcher):
             logger.warning("%s holds %r, not an exit status", path, text)
             return None
 
-    @staticmethod
-    def _read_kill_reason(handle: dict[str, Any]) -> str | None:
+    def _read_kill_reason(self, handle: dict[str, Any], key: str) -> str | None:
         try:
-            return (Path(handle["workdir"]) / KILLED_NAME).read_text(encoding="utf-8", errors="replace").strip()
-        except FileNotFoundError:
-            return None
+            return (self._status_dir(handle) / KILLED_NAME).read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            return self._kill_reasons.get(key)
 
-    @staticmethod
-    def _write_kill_reason(handle: dict[str, Any], reason: str) -> None:
-        path = Path(handle["workdir"]) / KILLED_NAME
+    def _write_kill_reason(self, handle: dict[str, Any], key: str, reason: str) -> None:
+        self._kill_reasons[key] = reason or "killed"
+        path = self._status_dir(handle) / KILLED_NAME
         tmp = path.with_name(KILLED_NAME + ".tmp")
-        tmp.write_text(reason or "killed", encoding="utf-8")
-        tmp.replace(path)
+        try:
+            tmp.write_text(reason or "killed", encoding="utf-8")
+            tmp.replace(path)
+        except OSError as exc:  # the trial removed its folder: this launcher still knows
+            logger.warning("trial %s: cannot record the kill reason in %s: %s", handle.get("index"), path, exc)
 
     @staticmethod
     def _log_size(handle: dict[str, Any]) -> int:
@@ -427,7 +505,7 @@ class LocalProcessLauncher(Launcher):
 
     def _changed(self, handle: dict[str, Any], key: str, size_before: int) -> bool:
         """Whether poll() may have news: exited, output grew, or the timeout passed."""
-        if (Path(handle["workdir"]) / EXIT_NAME).exists() or not self._alive(handle, key):
+        if not self._alive(handle, key):
             return True
         if self._log_size(handle) != size_before:
             return True
@@ -488,22 +566,39 @@ class LocalProcessLauncher(Launcher):
         self, handle: dict[str, Any], key: str, reports: list[Report], rc: int | None, malformed: str | None
     ) -> PollResult:
         """Settle a final state (a kill's reason first, then a bad report, then the exit status)."""
-        # the wrapper writes the exit file and then exits: give it (and its `mv`) a moment, so
-        # only processes the trial really left behind count as strays
+        # the wrapper has ended; processes still there get a moment to end on their own (the
+        # last member of a pipeline), then whatever the trial really left behind is stopped
         settle = time.monotonic() + _SETTLE_S
         while self._remaining(handle, key, True) and time.monotonic() < settle:
             self._reap()
             time.sleep(_WAIT_STEP_S)
         self._terminate(handle, key, strays_only=True)
         proc = self._procs.get(key)
-        wrapper_rc = proc.poll() if proc is not None else None
-        if rc is None and wrapper_rc is not None:  # our child: its status without the file
-            rc = wrapper_rc if wrapper_rc >= 0 else 128 - wrapper_rc
-        killed = self._read_kill_reason(handle)
+        if proc is not None:  # our child: its own status is the truth, the file only a copy
+            try:
+                proc.wait(timeout=_SETTLE_S)
+            except subprocess.TimeoutExpired:
+                pass
+            wrapper_rc = proc.poll()
+            if wrapper_rc is not None:
+                wrapper_rc = wrapper_rc if wrapper_rc >= 0 else 128 - wrapper_rc
+                if rc is not None and rc != wrapper_rc:
+                    logger.warning(
+                        "trial %s: its exit_code file says %d but the process exited with %d; trusting the process",
+                        handle.get("index"), rc, wrapper_rc,
+                    )
+                rc = wrapper_rc
+        killed = self._read_kill_reason(handle, key)
+        workdir = Path(handle["workdir"])
         if killed is not None:
             result = PollResult(TrialState.FAILED, reports, killed, rc)
         elif malformed is not None:
             result = PollResult(TrialState.FAILED, reports, malformed, rc)
+        elif not workdir.is_dir():  # the trial (or someone) deleted it: its log and reports are gone
+            status = f" ({_describe_exit(rc)})" if rc is not None else ""
+            result = PollResult(
+                TrialState.FAILED, reports, f"attempt folder removed while the trial ran{status}: {workdir}", rc
+            )
         elif rc == 0:
             result = PollResult(TrialState.SUCCEEDED, reports, None, 0)
         elif rc is not None:
@@ -525,53 +620,57 @@ class LocalProcessLauncher(Launcher):
         if gpus:
             self.pool.release(gpus)
 
-    def _members(self, handle: dict[str, Any], leader_alive: bool) -> list[int]:
-        """Live (non-zombie) processes of the attempt's group, leader included.
-
-        Without a live leader the group id could in principle have been reused, so then only
-        processes carrying the attempt's launch id in their environment count.
-        """
+    def _members(self, handle: dict[str, Any], key: str, leader_alive: bool) -> list[int]:
+        """Live (non-zombie) processes of the attempt, leader included when alive: its session's
+        processes while its (confirmed) leader runs, and anywhere every process that carries the
+        attempt's launch id (a ``setsid`` grandchild has left the session but kept the
+        environment). Without a live leader the ids in the handle could have been reused (or
+        forged), so then only the launch id counts."""
+        leader = self._leader_pid(handle, key)
         if not _HAS_PROC:
-            return [int(handle["pid"])] if leader_alive else []
-        pgid = int(handle["pgid"])
+            return [leader] if leader_alive else []
         launch_id = handle.get("launch_id")
+        needle = f"{LAUNCH_ID_ENV}={launch_id}".encode() if isinstance(launch_id, str) and launch_id else None
         members = []
         with os.scandir("/proc") as entries:
             for entry in entries:
-                if not entry.name.isdigit():
+                # never this process: a flow started inside a trial carries that trial's launch id
+                if not entry.name.isdigit() or int(entry.name) == os.getpid():
                     continue
                 pid = int(entry.name)
                 stat = _proc_stat(pid)
-                if stat is None or stat.pgrp != pgid or stat.session != pgid or stat.state in ("Z", "X", "x"):
+                if stat is None or stat.state in ("Z", "X", "x"):
                     continue
-                if leader_alive or (launch_id and _has_launch_id(pid, launch_id)):
+                if leader_alive and stat.session == leader:
+                    members.append(pid)
+                elif needle is not None and _environ_has(pid, needle):
                     members.append(pid)
         return members
 
     def _signal(self, handle: dict[str, Any], key: str, sig: signal.Signals, strays_only: bool) -> bool:
-        """Send ``sig`` to the group (or its strays); False when nothing of it is left."""
-        pgid = int(handle["pgid"])
+        """Send ``sig`` to the attempt's processes (or its strays); False when none is left."""
+        leader = self._leader_pid(handle, key)
         leader_alive = self._alive(handle, key)
+        targets = [p for p in self._members(handle, key, leader_alive) if not (strays_only and p == leader)]
         if leader_alive and not strays_only:
-            try:
-                os.killpg(pgid, sig)
+            try:  # the group first, in one go, as a terminal would: the trial sees one SIGTERM
+                os.killpg(leader, sig)
             except ProcessLookupError:
-                return False
-            return True
-        targets = [p for p in self._members(handle, leader_alive) if not (strays_only and p == pgid)]
+                pass
+            targets = [p for p in targets if not _in_group(p, leader)]  # the rest: strays outside the group
         for pid in targets:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 continue
-        return bool(targets)
+        return (leader_alive and not strays_only) or bool(targets)
 
     def _remaining(self, handle: dict[str, Any], key: str, strays_only: bool) -> bool:
         leader_alive = self._alive(handle, key)
         if leader_alive and not strays_only:
             return True
-        pgid = int(handle["pgid"])
-        return any(p != pgid or not strays_only for p in self._members(handle, leader_alive))
+        leader = self._leader_pid(handle, key)
+        return any(p != leader or not strays_only for p in self._members(handle, key, leader_alive))
 
     def _terminate(self, handle: dict[str, Any], key: str, *, strays_only: bool) -> None:
         """SIGTERM, wait up to the grace period, SIGKILL, wait until the processes are gone.

@@ -31,7 +31,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 
-from prefect_hpo.flows.trial import attempt_parameters
+from prefect_hpo.launchers.remote_attempt import attempt_parameters
 from prefect_hpo.launchers.base import Launcher, LaunchRequest, PollResult, TrialState
 from prefect_hpo.launchers.mlflow_curves import MlflowCurveReader
 from prefect_hpo.spec import WorkPoolSpec

@@ -343,16 +343,39 @@ class Experiment:
         values = [[t.values[k] for k in self.objectives] for t in trials]  # type: ignore[index]
         return np.array(values, dtype=np.float64).reshape(len(trials), len(self.objectives)) * self._signs()
 
+    def meets_thresholds(self, trial: Trial) -> bool:
+        """Whether the trial's values are at least as good as every objective's ``threshold``
+        (the worst value still worth having; objectives without one always pass)."""
+        if not trial.values:
+            return False
+        for name, threshold in self.objective_thresholds.items():
+            value = trial.values.get(name)
+            if value is None:
+                return False
+            if (value < threshold) if self.objectives[name] == "maximize" else (value > threshold):
+                return False
+        return True
+
+    def outside_thresholds(self) -> list[Trial]:
+        """Completed, feasible trials that miss some objective's threshold: never on the Pareto
+        front (a user who said 0.8 accuracy is the least worth having does not want a 0.3 model
+        offered as a trade-off), listed apart so reports can show and mark them."""
+        return [t for t in self._front_candidates() if not self.meets_thresholds(t)]
+
     def pareto_front(self) -> list[Trial]:
-        """The completed, feasible trials that no other such trial dominates.
+        """The completed, feasible trials within the objective thresholds that no other such
+        trial dominates.
 
         A trial dominates another when it is at least as good on every objective and strictly
         better on one. Trials with identical values are all kept (either configuration is an
-        answer). Sorted from best to worst on the first objective (then by trial index), which
-        walks the front from one end to the other. With one objective this is the best trial
-        and any ties. Early-stopped trials are left out, as for :attr:`best_trial`.
+        answer). A trial worse than an objective's ``threshold`` is left out, as Ax leaves such
+        points out of its Pareto frontier (they add no hypervolume either): see
+        :meth:`outside_thresholds`. Sorted from best to worst on the first objective (then by
+        trial index), which walks the front from one end to the other. With one objective this
+        is the best trial and any ties. Early-stopped trials are left out, as for
+        :attr:`best_trial`.
         """
-        candidates = self._front_candidates()
+        candidates = [t for t in self._front_candidates() if self.meets_thresholds(t)]
         mask = pareto.non_dominated(self._oriented(candidates))
         front = [t for t, keep in zip(candidates, mask) if keep]
         first, direction = next(iter(self.objectives.items()))

@@ -22,7 +22,8 @@ def trial_result(trial: Trial) -> dict[str, Any]:
 
 def experiment_outcome(exp: Experiment) -> dict[str, Any] | None:
     """``{"index", "params", "values"}`` of the best trial, or for several objectives
-    ``{"pareto_front": [...], "hypervolume", "reference_point"}``; None while nothing qualifies."""
+    ``{"pareto_front": [...], "hypervolume", "reference_point", "outside_thresholds": [indices]}``;
+    None while nothing qualifies."""
     if not exp.is_multi_objective:
         try:
             return trial_result(exp.best_trial)
@@ -35,4 +36,6 @@ def experiment_outcome(exp: Experiment) -> dict[str, Any] | None:
         "pareto_front": [trial_result(t) for t in front],
         "hypervolume": exp.hypervolume(),
         "reference_point": dict(exp.reference_point),
+        # completed trials that miss an objective's threshold: shown apart, never on the front
+        "outside_thresholds": [t.index for t in exp.outside_thresholds()],
     }

@@ -13,12 +13,12 @@ import json
 import math
 import numbers
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prefect_hpo.errors import SearchSpaceError
 from prefect_hpo.optim.constraints import LinearConstraint, parse_constraint
@@ -53,6 +53,14 @@ class RangeParameter(_ParameterBase):
     log_scale: bool = False
     step: float | None = None
 
+    @field_validator("bounds", mode="before")
+    @classmethod
+    def _numbers_not_bools(cls, v: Any) -> Any:
+        """YAML's ``true`` would otherwise be read as the bound 1.0."""
+        if isinstance(v, (list, tuple)) and any(isinstance(b, bool) for b in v):
+            raise ValueError(f"bounds {list(v)} must be numbers, not booleans")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> RangeParameter:
         lo, hi = self.bounds
@@ -60,6 +68,8 @@ class RangeParameter(_ParameterBase):
             raise ValueError(f"bounds {list(self.bounds)} must be finite numbers")
         if lo > hi:
             raise ValueError(f"bounds {list(self.bounds)} are reversed: the lower bound must come first")
+        if not math.isfinite(hi - lo):  # every value in between would round to one of the ends
+            raise ValueError(f"bounds {list(self.bounds)} are too far apart: their width overflows a float64")
         if lo == hi:
             raise ValueError(f"bounds {list(self.bounds)} are equal: use a fixed parameter for a constant")
         if self.log_scale and lo <= 0:
@@ -280,7 +290,32 @@ class SearchSpace(BaseModel):
 
 class _YAMLLoader(yaml.SafeLoader):
     """PyYAML follows YAML 1.1, which reads ``1e-4`` (no dot) as a string; learning rates are
-    written exactly like that, so floats are resolved with the YAML 1.2 rule here."""
+    written exactly like that, so floats are resolved with the YAML 1.2 rule here.
+
+    A key given twice is refused (YAML lets the last one win silently, so a reviewer reads one
+    budget and the flow runs another), and so are aliases (``*name``): a spec never needs them,
+    and a few hundred bytes of nested aliases expand to gigabytes (a "billion laughs")."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{event.anchor} is not allowed (write the value out)", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, Hashable) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice", key_node.start_mark
+                    )
+                if isinstance(key, Hashable):
+                    seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _YAMLLoader.add_implicit_resolver(
@@ -301,16 +336,38 @@ def load_document(path: str | Path) -> Any:
     """Parse a JSON (by suffix) or YAML file, with YAML 1.2 floats; errors name the file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise SearchSpaceError(f"file {str(path)!r}: cannot be read ({exc.strerror})") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SearchSpaceError(
+            f"file {str(path)!r}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None
     is_json = path.suffix.lower() == ".json"
     try:
-        return json.loads(text) if is_json else yaml.load(text, Loader=_YAMLLoader)  # noqa: S506 - SafeLoader subclass
-    except json.JSONDecodeError as exc:
+        if is_json:
+            return json.loads(text, object_pairs_hook=_json_object)
+        return yaml.load(text, Loader=_YAMLLoader)  # noqa: S506 - SafeLoader subclass
+    except (json.JSONDecodeError, _DuplicateKeyError) as exc:
         raise SearchSpaceError(f"file {str(path)!r}: not valid JSON ({exc})") from exc
     except yaml.YAMLError as exc:
         raise SearchSpaceError(f"file {str(path)!r}: not valid YAML ({_yaml_problem(exc)})") from exc
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (``json`` would keep the last silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKeyError(f"key {key!r} is given twice")
+        out[key] = value
+    return out
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -26,11 +27,11 @@ from prefect_hpo.errors import (
 )
 
 if TYPE_CHECKING:
-    from prefect_hpo.storage.checkpoint import CheckpointStore
+    from prefect_hpo.storage.store_base import CheckpointStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Lease"]
+__all__ = ["Lease", "describe_time"]
 
 
 def _read_proc_stat(pid: int) -> tuple[str, int] | None:
@@ -122,7 +123,7 @@ def _takeover_reason(doc: Any, now: float) -> str | None:
     if not isinstance(doc, dict) or not isinstance(doc.get("expires_at"), (int, float)):
         return "the lease document is unreadable"
     if doc["expires_at"] <= now:
-        return f"it expired at {_fmt_time(doc['expires_at'])}"
+        return f"it expired at {describe_time(doc['expires_at'])}"
     if doc.get("host") != socket.gethostname():
         return None
     boot_id = doc.get("boot_id")
@@ -137,19 +138,48 @@ def _takeover_reason(doc: Any, now: float) -> str | None:
     return None
 
 
-def _fmt_time(epoch: Any) -> str:
-    if not isinstance(epoch, (int, float)):
+def describe_time(epoch: Any, now: float | None = None) -> str:
+    """A lease time for people: UTC ISO and how far from now ("2026-12-06T21:15:03Z (in 42 s)").
+
+    Lease documents hold epoch seconds (comparable across hosts); printed raw they said nothing.
+    """
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or not math.isfinite(epoch):
         return "an unknown time"
-    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
+    try:
+        stamp = datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return f"an impossible time ({epoch!r})"
+    delta = epoch - (time.time() if now is None else now)
+    return f"{stamp.replace('+00:00', 'Z')} ({_span(delta)})"
+
+
+def _span(delta: float) -> str:
+    size = abs(delta)
+    if size < 1:
+        return "now"
+    if size < 120:
+        amount = f"{size:.0f} s"
+    elif size < 7200:
+        amount = f"{size / 60:.0f} min"
+    elif size < 172800:
+        amount = f"{size / 3600:.0f} h"
+    else:
+        amount = f"{size / 86400:.0f} days"
+    return f"in {amount}" if delta > 0 else f"{amount} ago"
 
 
 def _held_message(name: str, doc: dict[str, Any], lease_location: str, wait_s: float) -> str:
     waited = f" (waited {wait_s:g} s)" if wait_s > 0 else ""
+    if "error" in doc and "owner" not in doc:
+        return (
+            f"experiment {name!r}: could not take the lease{waited}: {lease_location} is unreadable "
+            f"({doc['error']}) and kept changing while it was being replaced; check what writes there"
+        )
     return (
         f"experiment {name!r} is already being driven by another flow{waited}: host "
         f"{doc.get('host', '?')}, pid {doc.get('pid', '?')}, holding the lease since "
-        f"{_fmt_time(doc.get('acquired_at'))} (last renewed {_fmt_time(doc.get('renewed_at'))}). "
-        f"The lease expires at {_fmt_time(doc.get('expires_at'))} unless that flow renews it. "
+        f"{describe_time(doc.get('acquired_at'))} (last renewed {describe_time(doc.get('renewed_at'))}). "
+        f"The lease expires at {describe_time(doc.get('expires_at'))} unless that flow renews it. "
         f"Stop that flow or wait for it to finish; if it was killed on another machine, retry after "
         f"the lease expires, or delete {lease_location} if you are sure it is gone."
     )
@@ -160,7 +190,7 @@ def _lost_message(name: str, doc: dict[str, Any] | None, lease_location: str) ->
         holder = f"the lease was removed ({lease_location} is gone)"
     else:
         holder = (f"it is now held by host {doc.get('host', '?')}, pid {doc.get('pid', '?')} since "
-                  f"{_fmt_time(doc.get('acquired_at'))}")
+                  f"{describe_time(doc.get('acquired_at'))}")
     return (f"lost the lease on experiment {name!r}: {holder}. This flow must stop driving the "
             "experiment so trials are not launched twice.")
 
@@ -282,6 +312,6 @@ class Lease:
 
     def __repr__(self) -> str:
         return (f"Lease(name={self.name!r}, owner={self.owner!r}, "
-                f"expires_at={_fmt_time(self.info.get('expires_at'))}, lost={self._lost})")
+                f"expires_at={describe_time(self.info.get('expires_at'))}, lost={self._lost})")
 
 

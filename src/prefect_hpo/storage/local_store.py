@@ -24,7 +24,7 @@ from prefect_hpo.errors import (
 )
 
 
-from prefect_hpo.storage.checkpoint import (
+from prefect_hpo.storage.store_base import (
     EXPERIMENT_FILE,
     LEASE_FILE,
     LOCK_FILE,

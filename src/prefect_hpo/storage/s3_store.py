@@ -18,7 +18,8 @@ from prefect_hpo.errors import (
 )
 
 
-from prefect_hpo.storage.checkpoint import (
+from prefect_hpo.storage.s3_client import S3Settings, foreign_answer, foreign_response, make_client
+from prefect_hpo.storage.store_base import (
     EXPERIMENT_FILE,
     LEASE_FILE,
     CheckpointStore,
@@ -58,21 +59,9 @@ class S3Store(CheckpointStore):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
-        if client is None:
-            client = self._default_client()
-        self._client = client
-
-    def _default_client(self) -> Any:
-        try:
-            import boto3
-            from botocore.config import Config
-        except ImportError as e:  # pragma: no cover - boto3 is a dependency
-            raise StorageError(f"{self.uri}: boto3 is required for S3 checkpoint stores") from e
-        try:
-            # Short connect timeout: an unreachable endpoint should fail in seconds, not minutes.
-            return boto3.client("s3", config=Config(connect_timeout=5, read_timeout=30))
-        except Exception as e:  # noqa: BLE001 -- boto3 raises many unrelated types for bad config
-            raise StorageError(f"{self.uri}: cannot create an S3 client: {e}") from e
+        self._settings = S3Settings()
+        # bounded timeouts and retries (s3_client.py): a silent endpoint fails within 27 s, not 95 s
+        self._client = client if client is not None else make_client(self.uri, self._settings)
 
     @property
     def endpoint(self) -> str:
@@ -90,17 +79,56 @@ class S3Store(CheckpointStore):
 
     # -- error translation ------------------------------------------------------------------
 
-    def _error(self, e: Exception, what: str, key: str | None = None) -> StorageError:
+    def _not_s3(self, answer: str, what: str, key: str | None) -> StorageError:
+        where = f"s3://{self.bucket}/{key}" if key else self.uri
+        return StorageError(
+            f"{where}: could not {what}: the endpoint {self.endpoint} answered {answer}, so it does not "
+            "look like an S3 endpoint; check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3"
+        )
+
+    def _checked(self, response: dict[str, Any], what: str, key: str | None, *, etag: bool = True,
+                 html: bool = True) -> dict[str, Any]:
+        """``response`` if it is an S3 answer; else the StorageError saying what came back."""
+        answer = foreign_response(response, etag=etag, html=html)
+        if answer is not None:
+            raise self._not_s3(answer, what, key)
+        return response
+
+    def _s3_code(self, e: Exception, what: str, key: str | None, *, head: bool = False) -> str:
+        """The S3 error code of ``e``, for deciding what it means; a non-S3 answer raises instead."""
+        answer = foreign_answer(e, head=head)
+        if answer is not None:
+            raise self._not_s3(answer, what, key) from e
+        return self._code(e)
+
+    def _error(self, e: Exception, what: str, key: str | None = None, *, head: bool = False) -> StorageError:
         """Turn a botocore error into a StorageError that says what failed and what to check."""
         from botocore.exceptions import (
             ClientError,
             ConnectionError as BotoConnectionError,
+            ConnectTimeoutError,
             HTTPClientError,
             NoCredentialsError,
             PartialCredentialsError,
+            ReadTimeoutError,
         )
 
         where = f"s3://{self.bucket}/{key}" if key else self.uri
+        answer = foreign_answer(e, head=head)
+        if answer is not None:
+            return self._not_s3(answer, what, key)
+        if isinstance(e, ReadTimeoutError):
+            return StorageError(
+                f"{where}: could not {what}: the S3 endpoint {self.endpoint} accepted the connection but did "
+                f"not answer ({self._settings.describe()}); check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, or "
+                "raise PREFECT_HPO_S3_READ_TIMEOUT_S for a slow store"
+            )
+        if isinstance(e, ConnectTimeoutError):
+            return StorageError(
+                f"{where}: could not {what}: cannot reach the S3 endpoint {self.endpoint}: no connection within "
+                f"{self._settings.connect_timeout_s:g} s (tried {self._settings.max_attempts} times); check "
+                "AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 and the network"
+            )
         if isinstance(e, ClientError):
             err = e.response.get("Error", {})
             code = str(err.get("Code", ""))
@@ -147,15 +175,18 @@ class S3Store(CheckpointStore):
         """(body, etag) of an object, or None if the key does not exist."""
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=key)
+            self._checked(response, what, key)
             return response["Body"].read(), response["ETag"]
         except self._boto_errors() as e:
-            if self._code(e) in _MISSING_KEY_CODES:
+            if self._s3_code(e, what, key) in _MISSING_KEY_CODES:
                 return None
             raise self._error(e, what, key) from e
 
-    def _put(self, key: str, data: bytes, **conditions: str) -> None:
-        self._client.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                ContentType="application/json", **conditions)
+    def _put(self, key: str, data: bytes, what: str, **conditions: str) -> None:
+        """PUT an object; botocore errors propagate (the caller decides what a conflict means)."""
+        response = self._client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                           ContentType="application/json", **conditions)
+        self._checked(response, what, key, html=False)  # moto labels its PUT answers text/html
 
     # -- documents ---------------------------------------------------------------------------
 
@@ -168,27 +199,22 @@ class S3Store(CheckpointStore):
         key = self._key(name, EXPERIMENT_FILE)
         data = text.encode("utf-8")
         try:
-            self._put(key, data)
+            self._put(key, data, "write the checkpoint")
         except self._boto_errors() as e:
             raise self._error(e, "write the checkpoint", key) from e
 
     def exists(self, name: str) -> bool:
         key = self._key(name, EXPERIMENT_FILE)
+        what = "check for the checkpoint"
         try:
-            self._client.head_object(Bucket=self.bucket, Key=key)
+            self._checked(self._client.head_object(Bucket=self.bucket, Key=key), what, key)
             return True
         except self._boto_errors() as e:
-            if self._code(e) not in _MISSING_KEY_CODES:
-                raise self._error(e, "check for the checkpoint", key) from e
-        # HEAD has no error body, so a 404 may also mean "no such bucket": tell them apart.
-        try:
-            self._client.head_bucket(Bucket=self.bucket)
-        except self._boto_errors() as e:
-            if self._code(e) in ("404", "NoSuchBucket", "NotFound"):
-                raise StorageError(f"s3://{self.bucket}/{key}: bucket {self.bucket!r} does not exist"
-                                   f" at {self.endpoint}; create it or fix the store URI") from e
-            raise self._error(e, "check the bucket", key) from e
-        return False
+            if self._s3_code(e, what, key, head=True) not in _MISSING_KEY_CODES:
+                raise self._error(e, what, key, head=True) from e
+        # HEAD has no error body, so its 404 may also mean "no such bucket", or that the endpoint is
+        # not S3 at all; a GET's error document says which (NoSuchKey, NoSuchBucket, or none).
+        return self._get(key, what) is not None
 
     def list_names(self) -> list[str]:
         base = f"{self.prefix}/" if self.prefix else ""
@@ -196,6 +222,10 @@ class S3Store(CheckpointStore):
         try:
             paginator = self._client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
+                self._checked(page, "list experiments", None, etag=False)
+                if "Name" not in page:  # every ListObjectsV2 result names its bucket
+                    raise self._not_s3(f"HTTP {page.get('ResponseMetadata', {}).get('HTTPStatusCode', '?')} "
+                                       "without a ListObjects result", "list experiments", None)
                 for obj in page.get("Contents", []):
                     parts = obj["Key"][len(base):].split("/")
                     if len(parts) == 2 and parts[1] == EXPERIMENT_FILE and parts[0]:
@@ -216,10 +246,10 @@ class S3Store(CheckpointStore):
         holder: dict[str, Any] = {}
         for _ in range(8):  # only loops while other drivers change the lease under us
             try:
-                self._put(key, data, IfNoneMatch="*")
+                self._put(key, data, "create the lease", IfNoneMatch="*")
                 return None
             except self._boto_errors() as e:
-                if self._code(e) not in _CONFLICT_CODES:
+                if self._s3_code(e, "create the lease", key) not in _CONFLICT_CODES:
                     raise self._error(e, "create the lease", key) from e
             got = self._get(key, "read the lease")
             if got is None:
@@ -229,9 +259,9 @@ class S3Store(CheckpointStore):
             if reason is None:
                 return holder
             try:
-                self._put(key, data, IfMatch=got[1])
+                self._put(key, data, "take over the lease", IfMatch=got[1])
             except self._boto_errors() as e:
-                if self._code(e) not in _CONFLICT_CODES:
+                if self._s3_code(e, "take over the lease", key) not in _CONFLICT_CODES:
                     raise self._error(e, "take over the lease", key) from e
                 continue  # someone else changed it first: look again
             logger.warning("took over the lease on experiment %r from host %s pid %s: %s", name,
@@ -250,10 +280,10 @@ class S3Store(CheckpointStore):
             now = time.time()
             new = dict(current, renewed_at=now, expires_at=now + ttl_s)
             try:
-                self._put(key, json.dumps(new).encode("utf-8"), IfMatch=got[1])
+                self._put(key, json.dumps(new).encode("utf-8"), "renew the lease", IfMatch=got[1])
                 return new
             except self._boto_errors() as e:
-                if self._code(e) not in _CONFLICT_CODES:
+                if self._s3_code(e, "renew the lease", key) not in _CONFLICT_CODES:
                     raise self._error(e, "renew the lease", key) from e
         raise LeaseLostError(_lost_message(name, self.read_lease(name), location))
 
@@ -265,7 +295,7 @@ class S3Store(CheckpointStore):
         try:
             self._client.delete_object(Bucket=self.bucket, Key=key, IfMatch=got[1])
         except self._boto_errors() as e:
-            code = self._code(e)
+            code = self._s3_code(e, "release the lease", key)
             if code in _CONFLICT_CODES:
                 return  # changed since we read it, so it is not ours any more
             if code not in ("NotImplemented", "501", "InvalidArgument"):

@@ -1,6 +1,8 @@
 """The ``decide_stop`` task: ask the stopping policy which running trials to stop, and stop them.
 
-It runs after every poll that brought news. The flow's wait returns as soon as a trial's log
+It runs after every poll that brought new reports, and only when the spec names a policy (a task
+run that could never stop anything would only crowd the flow run's graph). The rules that
+confirm a stop are :func:`~prefect_hpo.tasks.attempt_rules.before_kill` and ``after_kill``. The flow's wait returns as soon as a trial's log
 grows, so the time from the report that condemns a trial to its SIGTERM is the poll, this task
 and the kill: 60-170 ms measured here (``benchmarks/bench_stop_latency.py``), never more than one
 poll interval (``trial.poll_interval_s``, 1 s by default) plus that. The kill sends SIGTERM to the
@@ -17,12 +19,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from prefect_hpo.errors import StorageError
-from prefect_hpo.launchers.base import PollResult, TrialState
+from prefect_hpo.launchers.base import PollResult
 from prefect_hpo.optim.stopping import MetricHistory, StopDecision, StoppingPolicy
 from prefect_hpo.optim.trials import Trial, TrialStatus
 from prefect_hpo.storage.state import json_safe_metrics
+from prefect_hpo.tasks.attempt_rules import StopCheck, StopOutcome, after_kill, before_kill
 from prefect_hpo.tasks.report import close_trial_run
-from prefect_hpo.tasks.runtime import HPORuntime, final_values, trial_history
+from prefect_hpo.tasks.runtime import HPORuntime, current_runtime, final_values, trial_history
+from prefect_hpo.storage.trial_run import run_of
 
 __all__ = ["decide_stop", "learning_curves"]
 
@@ -45,12 +49,13 @@ def learning_curves(trials: tuple[Trial, ...], metric: str) -> list[MetricHistor
 
 
 @task(name="decide_stop", cache_policy=NO_CACHE, persist_result=False)
-def decide_stop(runtime: HPORuntime) -> list[StopDecision]:
+def decide_stop() -> list[StopDecision]:
     """Run the policy on the learning curves, kill the trials it picks, record them early-stopped.
 
     Returns the decisions that were carried out. A trial that ended on its own between the poll
     and the kill keeps its real outcome; the next poll settles it as usual.
     """
+    runtime = current_runtime()
     exp, policy = runtime.experiment, runtime.policy
     metric, minimize = runtime.spec.stopping_metric
     decisions = policy.decide(learning_curves(exp.trials, metric), minimize=minimize)
@@ -58,7 +63,7 @@ def decide_stop(runtime: HPORuntime) -> list[StopDecision]:
     carried_out = []
     for decision in decisions:
         trial = exp.trial(decision.index)
-        handle = trial.metadata.get("handle")
+        handle = run_of(trial).handle
         if trial.status is not TrialStatus.RUNNING or handle is None:
             continue
         # The decision rests on the reports of the last poll; a trial that has since finished,
@@ -66,10 +71,11 @@ def decide_stop(runtime: HPORuntime) -> list[StopDecision]:
         # machine a fast trial can run several rungs ahead of the flow).
         latest = runtime.launcher.poll(handle)
         _absorb(runtime, trial, latest)
-        if latest.state is not TrialState.RUNNING:
+        check = before_kill(latest.state, _trained_full_budget(trial, policy))
+        if check is StopCheck.ENDED:
             logger.info("trial %d ended on its own before the %s policy stopped it", trial.index, policy.name)
             continue
-        if _trained_full_budget(trial, policy):
+        if check is StopCheck.FINISH:
             logger.info("trial %d reached max_steps=%d before the %s policy stopped it; it finishes",
                         trial.index, policy.max_steps, policy.name)
             continue
@@ -77,19 +83,20 @@ def decide_stop(runtime: HPORuntime) -> list[StopDecision]:
         runtime.launcher.kill(handle, reason=reason)
         result = runtime.launcher.poll(handle)  # what it reported between the poll and the kill
         _absorb(runtime, trial, result)
-        if result.state is not TrialState.FAILED or not (result.reason or "").startswith(reason):
+        values, missing = final_values(trial, exp.metric_names)
+        outcome = after_kill(state=result.state, reason=result.reason, kill_reason=reason,
+                             trained_full_budget=_trained_full_budget(trial, policy), missing=missing)
+        if outcome is StopOutcome.ENDED_ON_ITS_OWN:
             logger.info("trial %d ended on its own before the %s policy stopped it", trial.index, policy.name)
             continue
-        trial.metadata["handle"] = None
-        values, missing = final_values(trial, exp.metric_names)
-        if _trained_full_budget(trial, policy) and not missing:
-            # its last epochs were already written when the SIGTERM landed: a finished trial
+        run_of(trial).handle = None
+        if outcome is StopOutcome.COMPLETED:
             exp.tell(trial.index, values)
             close_trial_run(runtime, trial.index)
             logger.info("trial %d had trained its whole budget when the %s policy stopped it; recorded as completed",
                         trial.index, policy.name)
             continue
-        trial.metadata["stopped_by"] = policy.describe()
+        run_of(trial).stopped_by = policy.describe()
         complete = all(name in values for name in exp.objectives)  # constrained metrics may be missing
         exp.stop_early(trial.index, values if complete else None, reason)
         logger.info("trial %d stopped early: %s", trial.index, reason)
@@ -106,10 +113,10 @@ def _absorb(runtime: HPORuntime, trial: Trial, result: PollResult) -> None:
     reports = result.reports
     if not reports:
         return
-    trial.metadata.setdefault("history", []).extend(
+    run_of(trial).history.extend(
         {"step": r.step, "metrics": json_safe_metrics(r.metrics)} for r in reports
     )
-    run_id = trial.metadata.get("run_id")
+    run_id = run_of(trial).run_id
     if run_id and not result.tracked:
         try:
             runtime.tracker.log_reports(run_id, reports)

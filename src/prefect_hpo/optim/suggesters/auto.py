@@ -31,21 +31,30 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
 from prefect_hpo.optim.encoding import SpaceEncoder
 from prefect_hpo.optim.space import ChoiceParameter, FixedParameter
 from prefect_hpo.optim.suggesters.bandit import BANDIT_MAX_ARMS, BanditSuggester
-from prefect_hpo.optim.suggesters.base import Observations, Suggester, Suggestion
-from prefect_hpo.optim.suggesters.gp import GPSuggester
+from prefect_hpo.optim.suggesters.base import Observations, StrictInt, Suggester, Suggestion
+from prefect_hpo.optim.suggesters.gp import GPOptions, GPSuggester
 from prefect_hpo.optim.suggesters.saasbo import SAASBO_MIN_DIM, SAASBO_N_INITIAL, SAASBOSuggester, saasbo_available
 from prefect_hpo.optim.suggesters.sobol import SobolSuggester
 
 
+class AutoOptions(GPOptions):
+    """``auto``'s options: the initial design, the bandit's candidates, and every ``gp`` option."""
+
+    n_initial: Annotated[StrictInt, Field(ge=0)] | None = None  # Sobol trials before the model
+    candidates: Any = None  # the bandit's arms (checked, naming the entry, by the bandit)
+
+
 class AutoSuggester(Suggester):
     name = "auto"
+    Options = AutoOptions
 
     def __init__(
         self,

@@ -63,7 +63,7 @@ import numpy as np
 from prefect_hpo.errors import SearchSpaceError, SpecError
 from prefect_hpo.optim.encoding import SpaceEncoder
 from prefect_hpo.optim.space import Value
-from prefect_hpo.optim.suggesters.base import Observations, Suggester, Suggestion
+from prefect_hpo.optim.suggesters.base import Observations, StrictInt, Suggester, SuggesterOptions, Suggestion
 
 __all__ = ["BANDIT_MAX_ARMS", "BanditSuggester"]
 
@@ -87,6 +87,11 @@ class _Posterior:
     var: np.ndarray  # (n_arms,)
 
 
+class BanditOptions(SuggesterOptions):
+    candidates: Any = None  # a list of parameter dicts; checked (naming the entry) by the suggester
+    max_arms: StrictInt = BANDIT_MAX_ARMS  # the largest space enumerated without candidates (>= 1)
+
+
 class BanditSuggester(Suggester):
     """Empirical-Bayes Thompson sampling over a finite list of configurations; see the module docstring.
 
@@ -96,6 +101,7 @@ class BanditSuggester(Suggester):
     """
 
     name = "bandit"
+    Options = BanditOptions
     multi_objective = False
     #: Arms are scored on the objective alone; a constraint would be silently ignored.
     outcome_constraints = False

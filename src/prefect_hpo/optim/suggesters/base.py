@@ -14,14 +14,34 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 from prefect_hpo.errors import SearchSpaceError
 from prefect_hpo.optim.encoding import SpaceEncoder
 
-__all__ = ["Observations", "Suggester", "Suggestion", "sample_feasible"]
+__all__ = ["Count", "Observations", "Suggester", "SuggesterOptions", "Suggestion", "sample_feasible"]
+
+#: Option types for :class:`SuggesterOptions`: strict, so YAML's ``true`` is not read as 1.
+Count = Annotated[int, Strict(), Field(ge=1)]
+StrictInt = Annotated[int, Strict()]
+StrictFloat = Annotated[float, Strict()]
+StrictBool = Annotated[bool, Strict()]
+
+
+class SuggesterOptions(BaseModel):
+    """The ``algorithm_options`` an algorithm takes: names, types and ranges in one place.
+
+    Each suggester declares a subclass as its ``Options`` next to its class, so a spec is checked
+    before anything runs (an unknown name is refused with the valid ones listed, a bad value with
+    its name) instead of failing deep inside a constructor. Only the options a user gave reach the
+    constructor, so the defaults stay in its signature. Ranges a constructor already checks with
+    its own message (``grid``'s resolution, the bandit's ``max_arms``) are left to it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
 
 @dataclass(frozen=True)
@@ -99,6 +119,9 @@ class Suggester(ABC):
     multi_objective: ClassVar[bool] = True
     #: Whether the algorithm can honour outcome constraints (model-free ones ignore values).
     outcome_constraints: ClassVar[bool] = True
+    #: The options it takes (see :class:`SuggesterOptions`); a plugin without one is checked
+    #: against its ``__init__`` keyword arguments instead.
+    Options: ClassVar[type[SuggesterOptions] | None] = None
 
     def __init__(self, encoder: SpaceEncoder, *, seed: int) -> None:
         self.encoder = encoder

@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -57,13 +57,23 @@ from botorch.optim import optimize_acqf, optimize_acqf_discrete, optimize_acqf_m
 from botorch.sampling import SobolQMCNormalSampler
 from linear_operator.utils.errors import NotPSDError
 from linear_operator.utils.errors import NanError
+from pydantic import Field
 
 from prefect_hpo.errors import SearchSpaceExhaustedError, SpecError
 from prefect_hpo.optim import pareto
 from prefect_hpo.optim.acquisition import CachedLogExpectedImprovement
 from prefect_hpo.optim.encoding import SpaceEncoder
 from prefect_hpo.optim.gp_model import SurrogateFitter
-from prefect_hpo.optim.suggesters.base import Observations, Suggester, Suggestion
+from prefect_hpo.optim.suggesters.base import (
+    Count,
+    Observations,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    Suggester,
+    SuggesterOptions,
+    Suggestion,
+)
 from prefect_hpo.optim.suggesters.sobol import SobolSuggester
 
 logger = logging.getLogger(__name__)
@@ -80,6 +90,27 @@ MAX_HYPERVOLUME_OBJECTIVES = 3
 #: fraction of the spread of that constraint's observed slacks, so that a latency in ms and a
 #: parameter count in millions are judged equally sharply.
 CONSTRAINT_ETA = 1e-3
+
+
+class GPOptions(SuggesterOptions):
+    """``gp``'s options: the hand-over to the model, the acquisition and its optimizer, then the
+    surrogate's (:class:`~prefect_hpo.optim.gp_model.SurrogateFitter`, which checks ``kernel``)."""
+
+    min_observations: Count = 2  # completed trials before the model takes over from the fallback
+    num_restarts: Count = 8
+    raw_samples: Count = 512
+    acqf_maxiter: Count = 200
+    mc_samples: Count = 128
+    threads: Annotated[StrictInt, Field(ge=0)] | None = None  # default $PREFECT_HPO_TORCH_THREADS or 1
+    acquisition: Literal["auto", "qlognei"] = "auto"
+    optimizer_options: dict[str, Any] | None = None  # passed to BoTorch's optimize_acqf
+    mixed_optimizer_options: dict[str, Any] | None = None  # passed to optimize_acqf_mixed_alternating
+    kernel: str = "matern"
+    noise_floor: Annotated[StrictFloat, Field(gt=0)] = 1e-6
+    warm_start: StrictBool = True
+    refit_every: Count = 5
+    fit_maxiter: Count = 200
+    warm_fraction: Count = 16
 
 
 class GPSuggester(Suggester):
@@ -99,6 +130,7 @@ class GPSuggester(Suggester):
     """
 
     name = "gp"
+    Options: ClassVar[type[SuggesterOptions]] = GPOptions
     multi_objective = True
     #: What a failed fit or acquisition optimization may raise: the fallback serves this one
     #: suggestion, with the reason logged (a TypeError or AttributeError is a bug and propagates).

@@ -14,13 +14,19 @@ import numpy as np
 
 from prefect_hpo.errors import SearchSpaceError, SearchSpaceExhaustedError
 from prefect_hpo.optim.encoding import SpaceEncoder
-from prefect_hpo.optim.suggesters.base import Observations, Suggester, Suggestion
+from prefect_hpo.optim.suggesters.base import Observations, StrictBool, StrictInt, Suggester, SuggesterOptions, Suggestion
 
 MAX_GRID_POINTS = 1_000_000
 
 
+class GridOptions(SuggesterOptions):
+    resolution: StrictInt = 5  # points per continuous dimension; its range is checked by the suggester
+    shuffle: StrictBool = True  # visit the grid in a seeded random order
+
+
 class GridSuggester(Suggester):
     name = "grid"
+    Options = GridOptions
 
     def __init__(self, encoder: SpaceEncoder, *, seed: int, resolution: int = 5, shuffle: bool = True) -> None:
         super().__init__(encoder, seed=seed)

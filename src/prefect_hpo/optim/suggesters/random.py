@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from prefect_hpo.optim.suggesters.base import Observations, Suggester, Suggestion, sample_feasible
+from prefect_hpo.optim.suggesters.base import Observations, Suggester, SuggesterOptions, Suggestion, sample_feasible
 
 
 class RandomSuggester(Suggester):
     """Independent uniform draws (log-uniform on log scales), rejection-sampled under constraints."""
 
     name = "random"
+    Options = SuggesterOptions  # none
 
     def suggest(self, observations: Observations, n: int, rng: np.random.Generator) -> list[Suggestion]:
         d = self.encoder.dim

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from importlib.util import find_spec
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -37,10 +37,11 @@ from botorch.models.transforms.input import Normalize
 from botorch.models.transforms.outcome import Standardize
 from botorch.sampling import SobolQMCNormalSampler
 from linear_operator.utils.errors import NanError, NotPSDError
+from pydantic import Field
 
 from prefect_hpo.errors import SpecError
 from prefect_hpo.optim.encoding import SpaceEncoder
-from prefect_hpo.optim.suggesters.base import Observations, Suggester
+from prefect_hpo.optim.suggesters.base import Count, Observations, StrictInt, Suggester, SuggesterOptions
 from prefect_hpo.optim.suggesters.gp import DTYPE, GPSuggester
 
 __all__ = ["SAASBO_MIN_DIM", "SAASBO_N_INITIAL", "SAASBOSuggester", "saasbo_available"]
@@ -81,6 +82,24 @@ def _release_compiled_programs() -> None:
     jax.clear_caches()
 
 
+class SAASBOOptions(SuggesterOptions):
+    """``saasbo``'s options: NUTS (ranges checked by the suggester, naming each), then the
+    acquisition optimizer as for ``gp``."""
+
+    n_initial: StrictInt = SAASBO_N_INITIAL
+    warmup_steps: StrictInt = 256
+    num_samples: StrictInt = 128
+    thinning: StrictInt = 16
+    max_tree_depth: StrictInt = 6
+    num_restarts: Count = 8
+    raw_samples: Count = 512
+    acqf_maxiter: Count = 200
+    mc_samples: Count = 128
+    threads: Annotated[StrictInt, Field(ge=0)] | None = None
+    optimizer_options: dict[str, Any] | None = None
+    mixed_optimizer_options: dict[str, Any] | None = None
+
+
 class SAASBOSuggester(GPSuggester):
     """SAASBO for one objective without outcome constraints; see the module docstring for its cost.
 
@@ -96,6 +115,7 @@ class SAASBOSuggester(GPSuggester):
     """
 
     name = "saasbo"
+    Options = SAASBOOptions
     multi_objective = False
     outcome_constraints = False
     model_errors = (BotorchError, NotPSDError, NanError, RuntimeError, ValueError, FloatingPointError)

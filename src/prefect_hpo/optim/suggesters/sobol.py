@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.quasirandom import SobolEngine
 
-from prefect_hpo.optim.suggesters.base import Observations, Suggester, Suggestion, sample_feasible
+from prefect_hpo.optim.suggesters.base import Observations, Suggester, SuggesterOptions, Suggestion, sample_feasible
 
 
 class SobolSuggester(Suggester):
@@ -19,6 +19,7 @@ class SobolSuggester(Suggester):
     """
 
     name = "sobol"
+    Options = SuggesterOptions  # none
 
     def __init__(self, encoder, *, seed: int) -> None:  # type: ignore[no-untyped-def]
         super().__init__(encoder, seed=seed)
