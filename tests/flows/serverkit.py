@@ -98,11 +98,13 @@ def prefect_cli(env: dict[str, str], cwd: Path, *args: str) -> str:
     return out.stdout
 
 
-def start_worker(env: dict[str, str], cwd: Path, pool: str, log: Path) -> subprocess.Popen:
+def start_worker(env: dict[str, str], cwd: Path, pool: str, log: Path, limit: int | None = None) -> subprocess.Popen:
+    """A ``prefect worker start`` on ``pool``; ``limit``: at most that many flow runs at once."""
+    command = [str(BIN / "prefect"), "worker", "start", "--pool", pool]
+    if limit is not None:
+        command += ["--limit", str(limit)]
     with log.open("wb") as sink:
-        return subprocess.Popen(
-            [str(BIN / "prefect"), "worker", "start", "--pool", pool], cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT,
-        )
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT)
 
 
 def stop_worker(worker: subprocess.Popen) -> None:

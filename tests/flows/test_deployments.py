@@ -94,7 +94,9 @@ def test_a_scheduled_deployment_gets_flow_runs_that_complete_on_a_worker(tmp_pat
         env = {**server_env, "PWD": str(checkout)}
         prefect_cli(env, checkout, "work-pool", "create", "hpo-process", "--type", "process")
         prefect_cli(env, checkout, "--no-prompt", "deploy", "--prefect-file", "scheduled.yaml", "--all")
-        worker = start_worker(env, checkout, "hpo-process", tmp_path / "worker.log")
+        # one flow run at a time, as nightly runs are: the 5 s interval would otherwise start a
+        # new experiment process every 5 s, and on 2 busy cores the first one then takes minutes
+        worker = start_worker(env, checkout, "hpo-process", tmp_path / "worker.log", limit=1)
         try:
             deadline = time.monotonic() + 200
             runs: list[dict] = []

@@ -354,12 +354,13 @@ def test_artifacts_show_the_experiment_while_it_runs(workspace: Path, monkeypatc
                 rows = json.loads(table[0].data) if isinstance(table[0].data, str) else table[0].data
                 done = [r for r in rows if r["status"] == "completed"]
                 if done and len(done) < 6 and runner.is_alive():
-                    seen_mid_run = rows
+                    seen_mid_run, mid_run_owner = rows, table[0].flow_run_id
                     break
             runner.join(0.2)
     finally:
         runner.join(120)
     assert seen_mid_run is not None, "no trial table was published while the flow ran"
+    assert mid_run_owner is not None, "the live table (sent from the artifacts' own thread) is not the flow run's"
     completed = [r for r in seen_mid_run if r["status"] == "completed"]
     assert all(isinstance(r["loss"], float) and isinstance(r["x"], float) for r in completed), completed
     progress = _artifacts("live-progress")

@@ -6,15 +6,22 @@ killed, shows where it stands. The progress artifact is updated in place; the ta
 are published again under the same keys after finished trials (Prefect keeps each key's versions
 and shows the latest), at most every ``PREFECT_HPO_ARTIFACT_INTERVAL_S`` seconds (default 1) so
 a thousand one-second trials do not spend their time on API calls; the end always publishes.
+
+The API calls run on a thread of their own (:class:`LiveArtifacts`): the loop takes a snapshot of
+what to show (cheap: rows and Markdown text) and goes on while it is sent, instead of waiting a
+round trip to the Prefect server after every finished trial.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import os
 import re
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -93,8 +100,32 @@ def publish_artifacts(
     exp: Experiment, best: dict[str, Any] | None, mlflow_uri: str, parent_run_id: str | None,
     experiment_id: str | None = None,
 ) -> None:
-    key = artifact_key(exp.name)
-    create_table_artifact(table=trial_rows(exp), key=f"{key}-trials", description=f"Trials of {exp.name}, best first")
+    """Publish the trials table and the summary of ``exp`` as it stands (``best``: its outcome)."""
+    _send(_Snapshot(exp.name, trial_rows(exp), summary_markdown(exp, best, mlflow_uri, parent_run_id, experiment_id)))
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What the table and summary artifacts show at one moment: taken on the loop's thread, sent
+    from another."""
+
+    name: str
+    rows: list[dict[str, Any]]
+    markdown: str
+
+
+def _send(snapshot: _Snapshot) -> None:
+    key = artifact_key(snapshot.name)
+    create_table_artifact(table=snapshot.rows, key=f"{key}-trials", description=f"Trials of {snapshot.name}, best first")
+    create_markdown_artifact(markdown=snapshot.markdown, key=f"{key}-summary", description=f"Summary of {snapshot.name}")
+
+
+def summary_markdown(
+    exp: Experiment, best: dict[str, Any] | None, mlflow_uri: str, parent_run_id: str | None,
+    experiment_id: str | None = None,
+) -> str:
+    """The summary artifact's text: what ran, the counts, the best trial (or Pareto front), where
+    the runs are in MLflow."""
     counts: dict[str, int] = {}
     for t in exp.trials:
         counts[t.status.value] = counts.get(t.status.value, 0) + 1
@@ -120,7 +151,7 @@ def publish_artifacts(
         db = mlflow_uri.removeprefix("sqlite:///")
         lines.append(f"- MLflow: `{mlflow_uri}`, parent run `{parent_run_id}`; to browse it: "
                      f"`mlflow ui --backend-store-uri {mlflow_uri if db == mlflow_uri else 'sqlite:///' + db}`")
-    create_markdown_artifact(markdown="\n".join(lines), key=f"{key}-summary", description=f"Summary of {exp.name}")
+    return "\n".join(lines)
 
 
 def _fmt(v: Any) -> Any:
@@ -138,8 +169,14 @@ def _text(v: Any) -> str:
 
 class LiveArtifacts:
     """A progress listener (:mod:`prefect_hpo.flows.progress`) that keeps the flow run's
-    artifacts current while it runs; see the module docstring. API errors are logged and
-    skipped: artifacts are a view, never a reason to stop an experiment."""
+    artifacts current while it runs; see the module docstring.
+
+    Each event leaves the newest progress (and, at most every ``interval_s``, a snapshot of the
+    table and summary) for a sender thread, which runs in a copy of the flow's context so the
+    artifacts belong to the flow run. Only the newest of each is sent: a burst of trials ending
+    at once is one update, not a queue of stale ones. API errors are logged and skipped:
+    artifacts are a view, never a reason to stop an experiment.
+    """
 
     def __init__(self, exp: Experiment, mlflow_uri: str, parent_run_id: str | None, experiment_id: str | None) -> None:
         self.exp, self.mlflow_uri, self.parent_run_id, self.experiment_id = exp, mlflow_uri, parent_run_id, experiment_id
@@ -147,9 +184,15 @@ class LiveArtifacts:
         self.interval_s = float(os.environ.get("PREFECT_HPO_ARTIFACT_INTERVAL_S", "1") or 1)
         self._progress_id: UUID | None = None
         self._last = 0.0
+        self._wake = threading.Condition()
+        self._progress: Progress | None = None  # newest, not sent yet
+        self._snapshot: _Snapshot | None = None  # newest, not sent yet
+        self._busy = False  # the sender is sending
+        self._closed = False
+        self._sender: threading.Thread | None = None
 
     def start(self, budget: int) -> None:
-        """The progress bar and the MLflow link, before the first trial ends."""
+        """The progress bar and the MLflow link, before the first trial ends; then the sender."""
         done = sum(t.status.is_terminal for t in self.exp.trials)
         try:
             self._progress_id = create_progress_artifact(
@@ -162,25 +205,72 @@ class LiveArtifacts:
                                      description="The experiment's runs in the MLflow UI")
         except Exception as exc:  # noqa: BLE001 - a view; the experiment goes on
             logger.warning("Prefect artifacts not published: %s", exc)
+        context = contextvars.copy_context()
+        self._sender = threading.Thread(target=context.run, args=(self._send_loop,),
+                                        name=f"prefect-hpo-artifacts-{self.key}", daemon=True)
+        self._sender.start()
 
     def __call__(self, progress: Progress) -> None:
         if progress.name != self.exp.name:  # listeners are per process; another flow's event
             return
-        done = progress.completed + progress.failed + progress.stopped
-        try:
-            if self._progress_id is not None:
-                update_progress_artifact(self._progress_id, progress=_percent(done, progress.budget),
-                                         description=f"{progress.name}: {done}/{progress.budget} trials done")
-            if time.monotonic() - self._last >= self.interval_s:
-                self.publish()
-        except Exception as exc:  # noqa: BLE001 - a view; the experiment goes on
-            logger.warning("Prefect artifacts not updated: %s", exc)
+        snapshot = None
+        if time.monotonic() - self._last >= self.interval_s:
+            snapshot = self._take_snapshot()
+            self._last = time.monotonic()
+        with self._wake:
+            self._progress = progress
+            if snapshot is not None:
+                self._snapshot = snapshot
+            self._wake.notify()
 
     def publish(self, outcome: dict[str, Any] | None = None) -> None:
-        """The table and summary as they stand (``outcome`` when the caller has it already)."""
-        publish_artifacts(self.exp, outcome if outcome is not None else experiment_outcome(self.exp),
-                          self.mlflow_uri, self.parent_run_id, self.experiment_id)
+        """The table and summary as they stand (``outcome`` when the caller has it already),
+        sent now, after whatever the sender still had: the final word is this one."""
+        self.close()
+        try:
+            _send(self._take_snapshot(outcome))
+        except Exception as exc:  # noqa: BLE001 - a view; the experiment goes on
+            logger.warning("Prefect artifacts not updated: %s", exc)
         self._last = time.monotonic()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Send what is pending and stop the sender (bounded: the API may be gone)."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._sender is not None:
+            self._sender.join(timeout_s)
+            self._sender = None
+
+    def _take_snapshot(self, outcome: dict[str, Any] | None = None) -> _Snapshot:
+        best = outcome if outcome is not None else experiment_outcome(self.exp)
+        return _Snapshot(self.exp.name, trial_rows(self.exp),
+                         summary_markdown(self.exp, best, self.mlflow_uri, self.parent_run_id, self.experiment_id))
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._wake:
+                while self._progress is None and self._snapshot is None and not self._closed:
+                    self._wake.wait()
+                progress, snapshot = self._progress, self._snapshot
+                self._progress = self._snapshot = None
+                if progress is None and snapshot is None:  # closed, nothing left
+                    self._wake.notify_all()
+                    return
+                self._busy = True
+            try:
+                if progress is not None and self._progress_id is not None:
+                    done = progress.completed + progress.failed + progress.stopped
+                    update_progress_artifact(self._progress_id, progress=_percent(done, progress.budget),
+                                             description=f"{progress.name}: {done}/{progress.budget} trials done")
+                if snapshot is not None:
+                    _send(snapshot)
+            except Exception as exc:  # noqa: BLE001 - a view; the experiment goes on
+                logger.warning("Prefect artifacts not updated: %s", exc)
+            finally:
+                with self._wake:
+                    self._busy = False
+                    self._wake.notify_all()
 
 
 def _percent(done: int, budget: int) -> float:

@@ -125,6 +125,7 @@ def hpo_flow(
     finally:
         spans.close()  # trials still running (the flow failed or was cancelled) end as detached
         remove_listener(live)
+        live.close()  # what it still had is sent; the final publish below comes after it
         close_runtime(runtime, write=True, failure=failure)
     live.publish(best)
     if best is None:
