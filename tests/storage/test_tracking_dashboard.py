@@ -113,7 +113,7 @@ def test_note_summarizes_objectives_budget_trials_best_and_links_the_flow_run() 
 def test_the_parent_run_shows_the_curve_counts_best_and_description(tracker: MlflowTracker, client: MlflowClient) -> None:
     exp = _experiment()
     parent = tracker.start_experiment_run({"name": "dash"}, PARAMS)
-    writer = DashboardWriter(tracker, parent)
+    writer = DashboardWriter(tracker, parent, interval_s=0)
     for loss in (3.0, 2.0):  # a batch of two
         _run(exp, {"loss": loss})
     run_ids = _start_runs(tracker, parent, exp)
@@ -154,10 +154,10 @@ def test_the_best_tag_moves_and_a_resumed_flow_continues_the_curve(tracker: Mlfl
     parent = tracker.start_experiment_run({"name": "dash"}, PARAMS)
     _run(exp, {"loss": 2.0})
     run_ids = _start_runs(tracker, parent, exp)
-    DashboardWriter(tracker, parent).update(dashboard_view(exp), run_ids)
+    DashboardWriter(tracker, parent, interval_s=0).update(dashboard_view(exp), run_ids)
     assert client.get_run(run_ids[0]).data.tags.get("prefect_hpo.best") == "true"
 
-    resumed = DashboardWriter(tracker, parent)  # a new flow run: it learns what is in MLflow
+    resumed = DashboardWriter(tracker, parent, interval_s=0)  # a new flow run: it learns what is in MLflow
     _run(exp, {"loss": 1.0})
     run_ids = _start_runs(tracker, parent, exp, run_ids)
     resumed.update(dashboard_view(exp), run_ids)
@@ -172,7 +172,7 @@ def test_a_run_created_late_gets_the_best_tag_from_the_late_ids(tracker: MlflowT
     exp = _experiment()
     parent = tracker.start_experiment_run({"name": "dash"}, PARAMS)
     _run(exp, {"loss": 2.0})
-    writer = DashboardWriter(tracker, parent)
+    writer = DashboardWriter(tracker, parent, interval_s=0)
     writer.update(dashboard_view(exp), {0: pending_run_id(0)})  # MLflow was down: no run yet
     assert "prefect_hpo.best_run_id" not in client.get_run(parent).data.tags
 
@@ -185,7 +185,7 @@ def test_a_run_created_late_gets_the_best_tag_from_the_late_ids(tracker: MlflowT
 def test_pareto_members_are_tagged_and_lose_the_tag_when_dominated(tracker: MlflowTracker, client: MlflowClient) -> None:
     exp = _experiment({"a": "minimize", "b": "minimize"})
     parent = tracker.start_experiment_run({"name": "dash"}, PARAMS)
-    writer = DashboardWriter(tracker, parent)
+    writer = DashboardWriter(tracker, parent, interval_s=0)
     _run(exp, {"a": 1.0, "b": 3.0})
     _run(exp, {"a": 3.0, "b": 1.0})
     run_ids = _start_runs(tracker, parent, exp)
@@ -206,3 +206,28 @@ def test_pareto_members_are_tagged_and_lose_the_tag_when_dominated(tracker: Mlfl
     assert "prefect_hpo.best_trial" not in run.data.tags
     assert not [r for r in run_ids.values() if "prefect_hpo.best" in client.get_run(r).data.tags]
     assert TrialStatus.COMPLETED is exp.trial(2).status
+
+
+def test_updates_between_two_writes_are_coalesced_and_no_point_of_the_curve_is_lost(
+    tracker: MlflowTracker, client: MlflowClient,
+) -> None:
+    """With an interval no test outlives, only the first update is written at once; the ones
+    after it wait for a single later write that takes the newest view, and the final update is
+    written at once with every best-so-far point (each view holds the whole curve)."""
+    exp = _experiment()
+    parent = tracker.start_experiment_run({"name": "dash"}, PARAMS)
+    writer = DashboardWriter(tracker, parent, interval_s=3600)
+    run_ids: dict[int, str] = {}
+    for loss in (5.0, 4.0, 6.0, 3.0):
+        _run(exp, {"loss": loss})
+        run_ids = _start_runs(tracker, parent, exp, run_ids)
+        writer.update(dashboard_view(exp, 6), run_ids)
+    assert [m.step for m in client.get_metric_history(parent, "hpo/best_so_far/loss")] == [1], "spaced, not written yet"
+    assert client.get_run(run_ids[0]).data.tags.get("prefect_hpo.best") == "true"
+
+    writer.update(dashboard_view(exp, 6), run_ids, final=True)
+    curve = sorted(client.get_metric_history(parent, "hpo/best_so_far/loss"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in curve] == [(1, 5.0), (2, 4.0), (3, 4.0), (4, 3.0)]
+    assert [m.step for m in client.get_metric_history(parent, "hpo/trials/completed")] == [1, 4]
+    marked = [i for i, r in run_ids.items() if client.get_run(r).data.tags.get("prefect_hpo.best") == "true"]
+    assert marked == [3]

@@ -323,7 +323,7 @@ def finish(runtime: HPORuntime) -> dict[str, Any] | None:
     exp = runtime.experiment
     outcome = experiment_outcome(exp)
     parent = runtime.state.parent_run_id
-    update_dashboard(runtime)
+    update_dashboard(runtime, final=True)
     try:
         if exp.is_multi_objective:
             _log_pareto(runtime, outcome)

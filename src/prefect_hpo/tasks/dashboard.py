@@ -23,11 +23,12 @@ __all__ = ["update_dashboard"]
 logger = logging.getLogger(__name__)
 
 
-def update_dashboard(runtime: HPORuntime, *, late_ids: Mapping[int, str] | None = None) -> None:
+def update_dashboard(runtime: HPORuntime, *, late_ids: Mapping[int, str] | None = None, final: bool = False) -> None:
     """Queue the parent run's dashboard update for the experiment as it is now.
 
     ``late_ids`` (the final reconciliation's trial -> run id, filled by the time this write runs)
-    lets the best-trial tag reach a run that reconciliation created late. A tracking error is
+    lets the best-trial tag reach a run that reconciliation created late; ``final`` (the flow's
+    last update) is queued at once rather than spaced after the one before. A tracking error is
     logged, never raised: the dashboard is a view, and the checkpoint the truth.
     """
     parent = runtime.state.parent_run_id
@@ -41,6 +42,6 @@ def update_dashboard(runtime: HPORuntime, *, late_ids: Mapping[int, str] | None 
     if view.best_index is not None:
         run_ids[view.best_index] = run_of(exp.trial(view.best_index)).run_id
     try:
-        runtime.dashboard.update(view, run_ids, late_ids=late_ids)
+        runtime.dashboard.update(view, run_ids, late_ids=late_ids, final=final)
     except StorageError as exc:
         logger.warning("%s: MLflow dashboard not updated: %s", exp.name, exc)

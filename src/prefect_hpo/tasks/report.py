@@ -150,7 +150,7 @@ def close_tracking(runtime: HPORuntime, timeout_s: float | None = None) -> bool:
         except StorageError as exc:
             logger.warning("%s: MLflow does not match the checkpoint: %s", exp.name, exc)
         else:  # the best-trial tag also reaches a run the reconciliation just created
-            update_dashboard(runtime, late_ids=run_ids)
+            update_dashboard(runtime, late_ids=run_ids, final=True)
     drained = tracker.close(timeout_s)
     if not drained:
         left = tracker.backlog
