@@ -2,10 +2,10 @@
 and a link to the experiment in the MLflow UI.
 
 They are published while the flow runs, not only when it returns: a run of hours, or one that was
-killed, shows where it stands. The progress artifact is updated in place; the table and the summary
-are published again under the same keys after finished trials (Prefect keeps each key's versions
-and shows the latest), at most every ``PREFECT_HPO_ARTIFACT_INTERVAL_S`` seconds (default 1) so
-a thousand one-second trials do not spend their time on API calls; the end always publishes.
+killed, shows where it stands. After finished trials the progress artifact is updated in place and
+the table and the summary are published again under the same keys (Prefect keeps each key's
+versions and shows the latest), at most every ``PREFECT_HPO_ARTIFACT_INTERVAL_S`` seconds (default
+1) so a thousand one-second trials do not spend their time on API calls; the end always publishes.
 
 The API calls run on a thread of their own (:class:`LiveArtifacts`): the loop takes a snapshot of
 what to show (cheap: rows and Markdown text) and goes on while it is sent, instead of waiting a
@@ -173,9 +173,9 @@ class LiveArtifacts:
 
     Each event leaves the newest progress (and, at most every ``interval_s``, a snapshot of the
     table and summary) for a sender thread, which runs in a copy of the flow's context so the
-    artifacts belong to the flow run. Only the newest of each is sent: a burst of trials ending
-    at once is one update, not a queue of stale ones. API errors are logged and skipped:
-    artifacts are a view, never a reason to stop an experiment.
+    artifacts belong to the flow run. Only the newest of each is sent, at most once per
+    ``interval_s``: a burst of trials ending at once is one update, not a queue of stale ones.
+    API errors are logged and skipped: artifacts are a view, never a reason to stop an experiment.
     """
 
     def __init__(self, exp: Experiment, mlflow_uri: str, parent_run_id: str | None, experiment_id: str | None) -> None:
@@ -271,6 +271,12 @@ class LiveArtifacts:
                 with self._wake:
                     self._busy = False
                     self._wake.notify_all()
+                    # a pause between sends: what arrives meanwhile is merged into the next one (at
+                    # most one progress update and one table a second by default, each a request
+                    # the Prefect server spends CPU on); closing ends the pause
+                    deadline = time.monotonic() + self.interval_s
+                    while not self._closed and time.monotonic() < deadline:
+                        self._wake.wait(deadline - time.monotonic())
 
 
 def _percent(done: int, budget: int) -> float:
