@@ -317,6 +317,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, default=None,
                         help="override every problem's trial budget")
     parser.add_argument("--json", type=Path, default=None, help="dump raw per-seed results")
+    parser.add_argument("--scale", action="store_true",
+                        help="instead: one suggestion's cost at n random Hartmann6 observations (engine_scale.py)")
+    parser.add_argument("--scale-sizes", default="100,300,600,1000", help="the n of --scale (default 100,300,600,1000)")
+    parser.add_argument("--scale-asks", type=int, default=5, help="warm suggestions timed per n (default 5)")
     return parser.parse_args(argv)
 
 
@@ -362,6 +366,8 @@ def run_one(runner: Callable[[Problem, int, int], RunResult], problem: Problem,
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.scale:
+        return main_scale(args)
     problems = [get_problem(name.strip()) for name in args.problems.split(",") if name.strip()]
     methods = resolve_methods(args.methods, args.no_optuna)
     try:
@@ -388,6 +394,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload = {"environment": env, "results": [asdict(r) for r in results]}
         args.json.write_text(json.dumps(_json_safe(payload), indent=1, allow_nan=False))
     return 1 if any(r.error for r in results) else 0
+
+
+def main_scale(args: argparse.Namespace) -> int:
+    """``--scale``: the cost of one suggestion as the experiment grows (see engine_scale.py)."""
+    from engine_scale import PROBLEM, scale_table
+
+    with_optuna = not args.no_optuna and package_version("optuna") != "not installed"
+    sizes = [int(n) for n in args.scale_sizes.split(",") if n.strip()]
+    env = environment()
+    print_header(env)
+    print(f"\n## Scale: one suggestion at n {PROBLEM} observations (random points, seed 0, "
+          f"{args.scale_asks} warm asks per n)\n", flush=True)
+    print(scale_table(import_experiment(), sizes, args.scale_asks, seed=0, with_optuna=with_optuna))
+    if not with_optuna:
+        print("\n(Optuna is not installed: `pip install -e '.[bench]'` adds it beside prefect-hpo.)")
+    return 0
 
 
 if __name__ == "__main__":

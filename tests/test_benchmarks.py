@@ -33,7 +33,7 @@ SMOKE: dict[str, tuple[list[str], str, list]] = {
     "bench_live_uis.py": (["--trials", "2", "--epochs", "2", "--epoch-s", "0.2"], "task runs per trial", [pytest.mark.slow, pytest.mark.e2e]),
 }
 #: modules the scripts import, not scripts themselves
-HELPERS = {"problems.py", "provenance.py"}
+HELPERS = {"problems.py", "provenance.py", "engine_scale.py"}
 
 
 @pytest.mark.parametrize(
@@ -46,6 +46,17 @@ def test_the_benchmark_runs_on_a_tiny_budget(script: str, tmp_path: Path) -> Non
                          capture_output=True, text=True, timeout=580, check=False)
     assert out.returncode == 0, f"{script} {' '.join(args)} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
     assert expected in out.stdout, out.stdout[-3000:]
+
+
+def test_the_engine_scale_curve_runs_on_a_tiny_size(tmp_path: Path) -> None:
+    """``bench_engine.py --scale`` (engine_scale.py): fresh, warm and resumed columns at one small n."""
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "bench_engine.py"), "--scale", "--scale-sizes", "12",
+                          "--scale-asks", "2", "--no-optuna"], cwd=tmp_path, env={**os.environ, "TMPDIR": str(tmp_path)},
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-5000:]
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| 12 | prefect-hpo gp |"))
+    fresh, warm_mean, warm_max, resumed = (float(cell) for cell in row.split("|")[3:7])
+    assert 0 < fresh and 0 < warm_mean <= warm_max and 0 < resumed
 
 
 def test_every_benchmark_script_has_a_smoke_run() -> None:

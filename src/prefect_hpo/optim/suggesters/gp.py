@@ -63,7 +63,7 @@ from prefect_hpo.errors import SearchSpaceExhaustedError, SpecError
 from prefect_hpo.optim import pareto
 from prefect_hpo.optim.acquisition import CachedLogExpectedImprovement
 from prefect_hpo.optim.encoding import SpaceEncoder
-from prefect_hpo.optim.gp_model import SurrogateFitter
+from prefect_hpo.optim.gp_model import SurrogateFitter, exact_inference
 from prefect_hpo.optim.suggesters.base import (
     Count,
     Observations,
@@ -181,7 +181,7 @@ class GPSuggester(Suggester):
             return self.fallback.suggest(observations, n, rng)
         torch_seed = int(rng.integers(2**31 - 1))
         try:
-            with _torch_threads(self.threads), torch.random.fork_rng(), warnings.catch_warnings():
+            with _torch_threads(self.threads), torch.random.fork_rng(), warnings.catch_warnings(), exact_inference():
                 # BoTorch reports routine numerical events (line-search stops, jitter added to a
                 # Cholesky) as warnings; they are not actionable for a user of the suggester.
                 warnings.simplefilter("ignore", category=OptimizationWarning)
