@@ -25,16 +25,24 @@ def gone(pid: int) -> bool:
     return _state(pid) in (None, "Z", "X")
 
 
-def group_alive(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in a process group."""
-    pids = []
+def _stat_fields() -> list[tuple[int, list[str]]]:
+    """(pid, the fields of /proc/<pid>/stat after the command name) of every process now."""
+    out = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-                pids.append(int(entry))
-    return pids
+            out.append((int(entry), stat[stat.rindex(")") + 2 :].split()))
+    return out
+
+
+def group_alive(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in a process group."""
+    return [pid for pid, fields in _stat_fields() if int(fields[2]) == pgid and fields[0] not in ("Z", "X")]
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (zombies included)."""
+    return [child for child, fields in _stat_fields() if int(fields[1]) == pid]

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from processes import children
+
 from prefect_hpo.storage.checkpoint import open_store
 from prefect_hpo.storage.state import ExperimentState
 
@@ -58,19 +60,6 @@ with get_client(sync_client=True) as client:
 """
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
-
-
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -103,8 +92,8 @@ def test_a_killed_run_leaves_no_server_and_its_flow_run_is_marked_crashed_on_res
             time.sleep(0.3)
         else:
             pytest.fail("the run never started a trial")
-        servers = [p for p in _children(run.pid) if "prefect.server.api.server:create_app" in _cmdline(p)]
-        assert len(servers) == 1, [(_cmdline(p)) for p in _children(run.pid)]
+        servers = [p for p in children(run.pid) if "prefect.server.api.server:create_app" in _cmdline(p)]
+        assert len(servers) == 1, [(_cmdline(p)) for p in children(run.pid)]
         run.send_signal(signal.SIGKILL)
         run.wait(timeout=10)
         deadline = time.monotonic() + 30
@@ -138,10 +127,10 @@ def _server_of(cli: subprocess.Popen[bytes], store: Any, before: str | None, dea
         assert cli.poll() is None, "the CLI ended before a trial ran"
         text = store.read("killed")
         state = ExperimentState.from_json(text, "x") if text else None
-        servers = [p for p in _children(cli.pid) if "prefect.server.api.server:create_app" in _cmdline(p)]
+        servers = [p for p in children(cli.pid) if "prefect.server.api.server:create_app" in _cmdline(p)]
         if state is not None and state.flow_run_id != before and servers and any(
                 t.status.value == "running" for t in state.experiment.trials):
-            assert len(servers) == 1, [(_cmdline(p)) for p in _children(cli.pid)]
+            assert len(servers) == 1, [(_cmdline(p)) for p in children(cli.pid)]
             return servers[0]
         time.sleep(0.3)
     pytest.fail("the CLI never started a trial")
